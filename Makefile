@@ -1,0 +1,31 @@
+# One command per target. Every target installs first, so on a fresh machine `make test` is enough.
+PY      := .venv/bin/python
+STAMP   := .venv/.installed
+XLA_TEST_FLAGS := --xla_force_host_platform_device_count=8
+export JAX_NUMPY_RANK_PROMOTION := raise
+
+.PHONY: install test lint zoo bench-compile clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	python3 -m venv .venv
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	XLA_FLAGS=$(XLA_TEST_FLAGS) $(PY) -m pytest -q -n 2 --durations=10
+
+lint: $(STAMP)
+	$(PY) -m ruff check resflax experiments tests
+	$(PY) -m ruff format --check resflax experiments tests
+
+zoo: $(STAMP)
+	$(PY) experiments/zoo.py --out experiments/results/zoo.md
+
+bench-compile: $(STAMP)
+	$(PY) experiments/benchmarks/compile_vs_depth.py --out experiments/results/compile.md
+
+clean:
+	rm -rf .venv .pytest_cache .ruff_cache
