@@ -13,6 +13,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 ModuleDef = Any
 Array = jax.Array
@@ -34,11 +35,98 @@ def pad(kernel: int) -> tuple[tuple[int, int], tuple[int, int]]:
     return ((p, p), (p, p))
 
 
-def make_conv(dtype: Any = jnp.float32) -> ModuleDef:
-    """Bias-free convolution computing in `dtype` with float32 parameters."""
+CONV_GRADS = ("lax", "canonical")
+
+
+def make_conv(dtype: Any = jnp.float32, grad: str = "lax") -> ModuleDef:
+    """Bias-free convolution computing in `dtype` with float32 parameters.
+
+    grad="canonical" computes the backward pass of stride-1 convolutions with the layouts
+    XLA:CPU runs fast, also inside loops (see `conv_canonical_grad`); "lax" is JAX's own.
+    """
+    if grad not in CONV_GRADS:
+        raise ValueError(f"conv_grad={grad!r} is not one of {CONV_GRADS}")
+    extra = {"conv_general_dilated": conv_canonical_grad} if grad == "canonical" else {}
     return partial(
-        nn.Conv, use_bias=False, dtype=dtype, param_dtype=jnp.float32, kernel_init=conv_init
+        nn.Conv, use_bias=False, dtype=dtype, param_dtype=jnp.float32, kernel_init=conv_init,
+        **extra,
+    )  # fmt: skip
+
+
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def conv_canonical_grad(
+    lhs: Array,
+    rhs: Array,
+    window_strides: Any,
+    padding: Any,
+    lhs_dilation: Any = None,
+    rhs_dilation: Any = None,
+    dimension_numbers: Any = None,
+    feature_group_count: int = 1,
+    precision: Any = None,
+    **kwargs: Any,
+) -> Array:
+    """`lax.conv_general_dilated` whose gradients are plain NHWC/HWIO convolutions.
+
+    JAX differentiates a convolution into convolutions with permuted dimension labels (the
+    weight gradient contracts over the batch). Outside loops XLA:CPU rewrites those into its
+    fast layout; inside a `while` loop (a scanned stage's backward pass) it does not, and they
+    run 10-20x slower. Here both gradients are written as canonical convolutions with explicit
+    transposes. Only stride-1, undilated, ungrouped 2-D convolutions take this path; the rest
+    go to lax unchanged.
+    """
+    dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+    canonical = lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
+    simple = (
+        lhs.ndim == 4
+        and dn == canonical
+        and all(s == 1 for s in window_strides)
+        and all(d == 1 for d in (lhs_dilation or (1,)))
+        and all(d == 1 for d in (rhs_dilation or (1,)))
+        and feature_group_count == 1
+        and not isinstance(padding, str)
+        and not kwargs
     )
+    if not simple:
+        return lax.conv_general_dilated(
+            lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+            feature_group_count, precision=precision, **kwargs,
+        )  # fmt: skip
+    return _conv_nhwc(lhs, rhs, tuple(tuple(p) for p in padding), precision)
+
+
+def _conv(x: Array, w: Array, padding: Any, precision: Any) -> Array:
+    return lax.conv_general_dilated(
+        x, w, (1, 1), padding, dimension_numbers=_NHWC, precision=precision
+    )
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_nhwc(x: Array, w: Array, padding: Any, precision: Any) -> Array:
+    return _conv(x, w, padding, precision)
+
+
+def _conv_nhwc_fwd(x, w, padding, precision):
+    return _conv(x, w, padding, precision), (x, w)
+
+
+def _conv_nhwc_bwd(padding, precision, residuals, g):
+    x, w = residuals
+    kh, kw = w.shape[:2]
+    # Input gradient: correlate with the spatially flipped kernel, in and out swapped.
+    flipped = jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)
+    back_pad = tuple(
+        (k - 1 - lo, k - 1 - hi) for k, (lo, hi) in zip((kh, kw), padding, strict=True)
+    )
+    dx = _conv(g, flipped.astype(g.dtype), back_pad, precision)
+    # Weight gradient: input channels play the batch, the batch is contracted as features.
+    dw = _conv(x.transpose(3, 1, 2, 0), g.transpose(1, 2, 0, 3).astype(x.dtype), padding, precision)
+    return dx.astype(x.dtype), dw.transpose(1, 2, 0, 3).astype(w.dtype)
+
+
+_conv_nhwc.defvjp(_conv_nhwc_fwd, _conv_nhwc_bwd)
 
 
 def make_norm(

@@ -7,6 +7,7 @@ from functools import partial
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from resflax.models.blocks import get_block
@@ -32,6 +33,8 @@ class ResNet(nn.Module):
     norm / axis_name: "batch" (synchronised over `axis_name` under pmap; leave None under jit
         with sharded arrays, where the batch mean is already global) or "group".
     scan / scan_unroll / remat / remat_policy: see `Stage`.
+    conv_grad: "lax", "canonical" (see `layers.conv_canonical_grad`) or "auto": canonical
+        for scanned models on CPU, lax otherwise. Numerically the same function.
     """
 
     stage_sizes: Sequence[int]
@@ -62,6 +65,14 @@ class ResNet(nn.Module):
     scan_unroll: int = 1
     remat: bool = False
     remat_policy: str = "nothing"
+    conv_grad: str = "auto"
+
+    def _conv_grad(self) -> str:
+        # On CPU, scanned stages need the canonical gradient formulation to run at unrolled
+        # speed (see layers.conv_canonical_grad); elsewhere JAX's own is used.
+        if self.conv_grad != "auto":
+            return self.conv_grad
+        return "canonical" if self.scan and jax.default_backend() == "cpu" else "lax"
 
     def _check(self) -> tuple[int, ...]:
         n = len(self.stage_sizes)
@@ -95,7 +106,7 @@ class ResNet(nn.Module):
             raise ValueError(f"expected NHWC images, got an input of shape {x.shape}")
         dtype = jnp.dtype(self.dtype)
         act = get_activation(self.act)
-        conv = make_conv(dtype)
+        conv = make_conv(dtype, self._conv_grad())
         norm = make_norm(
             self.norm, train=train, dtype=dtype, axis_name=self.axis_name,
             momentum=self.bn_momentum, epsilon=self.bn_epsilon, groups=self.norm_groups,

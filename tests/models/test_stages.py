@@ -97,3 +97,46 @@ def test_deep_cifar_net_scans(images):
     x = jnp.zeros((1, 8, 8, 3))
     v = jax.eval_shape(model.init, jax.random.key(0), x)
     assert v["params"]["stage3"]["blocks"]["conv1"]["kernel"].shape == (17, 3, 3, 2, 2)
+
+
+@pytest.mark.parametrize(
+    "kernel, padding, dtype",
+    [
+        ((3, 3), ((1, 1), (1, 1)), jnp.float32),
+        ((1, 1), ((0, 0), (0, 0)), jnp.float32),
+        ((7, 7), ((3, 3), (3, 3)), jnp.float32),
+        ((3, 3), ((0, 2), (1, 0)), jnp.float32),
+        ((3, 3), ((1, 1), (1, 1)), jnp.bfloat16),
+    ],
+)
+def test_canonical_conv_gradients_equal_lax(kernel, padding, dtype):
+    from jax import lax
+
+    from resflax.models.layers import conv_canonical_grad
+
+    x = jax.random.normal(jax.random.key(0), (3, 9, 8, 5), dtype)
+    w = jax.random.normal(jax.random.key(1), (*kernel, 5, 6), dtype)
+    dn = ("NHWC", "HWIO", "NHWC")
+
+    def loss(conv):
+        return lambda x, w: (conv(x, w, (1, 1), padding, dimension_numbers=dn) ** 2).sum()
+
+    ref = jax.grad(loss(lax.conv_general_dilated), (0, 1))(x, w)
+    ours = jax.grad(loss(conv_canonical_grad), (0, 1))(x, w)
+    tol = 2e-2 if dtype == jnp.bfloat16 else 1e-4
+    for a, b in zip(ours, ref, strict=True):
+        assert a.dtype == b.dtype == dtype
+        np.testing.assert_allclose(
+            np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=tol, atol=tol * 10
+        )
+    # Strided convolutions are passed to lax untouched.
+    y = conv_canonical_grad(x, w, (2, 2), padding, dimension_numbers=dn)
+    np.testing.assert_array_equal(
+        y, lax.conv_general_dilated(x, w, (2, 2), padding, dimension_numbers=dn)
+    )
+
+
+def test_conv_grad_auto_picks_canonical_only_for_scans_on_cpu(tiny_kwargs):
+    assert ResNet(**tiny_kwargs, scan=True)._conv_grad() == "canonical"
+    assert ResNet(**tiny_kwargs)._conv_grad() == "lax"
+    assert ResNet(**tiny_kwargs, scan=True, conv_grad="lax")._conv_grad() == "lax"
