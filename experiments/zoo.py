@@ -21,17 +21,13 @@ from resflax.models import cost, create_model, get_entry, list_models
 
 def row(name: str, memory: bool, scan_above: int) -> str:
     entry = get_entry(name)
-    c = cost(name)
-    mem = "—"
-    if memory:
-        # XLA:CPU takes many minutes (and >8 GB) to compile the unrolled 1000+ layer nets, so
-        # their memory is measured with scanned stages (same function, constant compile time).
-        deep = sum(entry.config["stage_sizes"]) > scan_above
-        model = create_model(name, scan=deep)
-        shape = (1, entry.resolution, entry.resolution, 3)
-        mem = f"{cost(model, shape, memory=True).memory_bytes / 2**20:,.0f}" + (
-            " †" if deep else ""
-        )
+    # XLA:CPU takes many minutes (and >8 GB) to compile the unrolled 1000+ layer nets, so
+    # their memory is measured with scanned stages (same function and counts, constant
+    # compile time).
+    deep = memory and sum(entry.config["stage_sizes"]) > scan_above
+    shape = (1, entry.resolution, entry.resolution, 3)
+    c = cost(create_model(name, scan=deep), shape, memory=memory)
+    mem = f"{c.memory_bytes / 2**20:,.0f}" + (" †" if deep else "") if memory else "—"
     same = "=" if c.params == entry.params else f"≠ {entry.params:,}"
     if entry.gmacs:
         diff = 100 * (c.gmacs - entry.gmacs) / entry.gmacs
