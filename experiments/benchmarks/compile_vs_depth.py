@@ -168,10 +168,10 @@ def main() -> None:
         return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="resnet20,resnet56,resnet110,resnet1202")
-    ap.add_argument("--layouts", default="unrolled,scan,scan_unroll2,scan_remat")
+    ap.add_argument("--layouts", default="unrolled,scan,scan_remat")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--steps", type=int, default=5, help="timed steps; 0 = compile only")
-    ap.add_argument("--timeout", type=float, default=1800)
+    ap.add_argument("--timeout", type=float, default=900, help="seconds per measurement")
     ap.add_argument("--repeat", type=int, default=1, help="measure everything N times, interleaved")
     ap.add_argument("--out", default=None, help="markdown file to append the table to")
     ap.add_argument(
