@@ -117,14 +117,9 @@ class Checkpointer:
                 data=ocp.args.JsonRestore(),
             ),
         )
-        arrays = saved["state"]
-        state = target.replace(
-            step=arrays["step"],
-            params=arrays["params"],
-            batch_stats=arrays["batch_stats"],
-            opt_state=arrays["opt_state"],
-            key=jax.random.wrap_key_data(arrays["key"], impl=_key_impl(target.key)),
-        )
+        arrays = dict(saved["state"])
+        key = jax.random.wrap_key_data(arrays.pop("key"), impl=_key_impl(target.key))
+        state = target.replace(**arrays, key=key)
         return state, dict(saved["data"])
 
     def wait(self) -> None:

@@ -11,6 +11,7 @@ BatchNorm `axis_name=AXIS` for the same synchronised statistics.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -43,7 +44,7 @@ class Parallel:
     def num_devices(self) -> int:
         return len(self.devices)
 
-    @property
+    @functools.cached_property
     def mesh(self) -> Mesh:
         return Mesh(np.array(self.devices), (AXIS,))
 
@@ -91,7 +92,12 @@ class Parallel:
             return state, jax.lax.psum(sums, AXIS)
 
         pmapped = jax.pmap(on_device, axis_name=AXIS, devices=self.devices, donate_argnums=0)
-        return lambda state, batch: _first(pmapped(state, batch))
+
+        def run(state, batch):
+            state, sums = pmapped(state, batch)
+            return state, _first_copy(sums)
+
+        return run
 
     def eval_step(self, step: Callable[..., Any]) -> Callable[..., Any]:
         if self.kind == "jit":
@@ -99,18 +105,16 @@ class Parallel:
         pmapped = jax.pmap(
             lambda s, b: jax.lax.psum(step(s, b), AXIS), axis_name=AXIS, devices=self.devices
         )
-        return lambda state, batch: jax.tree_util.tree_map(lambda x: x[0], pmapped(state, batch))
+        return lambda state, batch: _first_copy(pmapped(state, batch))
 
     def unreplicate(self, state: Any) -> Any:
         """A single copy of a (possibly pmap-replicated) state."""
-        if self.kind == "jit":
-            return state
-        return jax.tree_util.tree_map(lambda x: x[0], state)
+        return state if self.kind == "jit" else _first_copy(state)
 
 
-def _first(out: tuple[Any, Any]) -> tuple[Any, Any]:
-    state, sums = out
-    return state, jax.tree_util.tree_map(lambda x: x[0], sums)
+def _first_copy(tree: Any) -> Any:
+    """Device 0's copy of a pmap output (replicated state, or psum'd sums)."""
+    return jax.tree_util.tree_map(lambda x: x[0], tree)
 
 
 def make_parallel(kind: str = "jit", num_devices: int | None = None) -> Parallel:
