@@ -4,7 +4,12 @@ STAMP   := .venv/.installed
 XLA_TEST_FLAGS := --xla_force_host_platform_device_count=8
 export JAX_NUMPY_RANK_PROMOTION := raise
 
-.PHONY: install test lint zoo bench-compile clean
+# make train [CONFIG=experiments/configs/<recipe>.py[:<arg>]] [WORKDIR=runs/...] [FLAGS="--config.x=y"]
+CONFIG  ?= experiments/configs/digits.py
+WORKDIR ?= runs/$(subst :,_,$(subst .py,,$(notdir $(CONFIG))))
+FLAGS   ?=
+
+.PHONY: install train test lint zoo bench-compile clean
 
 install: $(STAMP)
 
@@ -13,6 +18,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
+
+train: $(STAMP)
+	$(PY) -m resflax.main --config=$(CONFIG) --workdir=$(WORKDIR) $(FLAGS)
 
 test: $(STAMP)
 	XLA_FLAGS=$(XLA_TEST_FLAGS) $(PY) -m pytest -q -n 2 --durations=10

@@ -4,6 +4,7 @@ message instead of a shape error deep inside a restore."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +68,8 @@ class Checkpointer:
         if max_to_keep < 1:
             raise ValueError(f"max_to_keep={max_to_keep} must be at least 1")
         self.workdir = Path(workdir)
-        self.fingerprint = dict(fingerprint)
+        # As JSON will give it back (tuples become lists), so that comparisons are like for like.
+        self.fingerprint = json.loads(json.dumps(dict(fingerprint)))
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True
         )

@@ -107,6 +107,16 @@ class Parallel:
         )
         return lambda state, batch: _first_copy(pmapped(state, batch))
 
+    def replicate(self, state: Any) -> Any:
+        """A single copy (restored from a checkpoint, say) placed for this parallelism: as it
+        is under jit (restoring already gave it its shardings), one copy per device under pmap."""
+        if self.kind == "jit":
+            return state
+        # An unmapped input returned from pmap comes back as one copy per device, placed the
+        # way pmap expects its inputs (a broadcast array passed in mapped is not).
+        copies = jax.pmap(lambda s, _: s, in_axes=(None, 0), devices=self.devices)
+        return copies(state, np.arange(self.num_devices))
+
     def unreplicate(self, state: Any) -> Any:
         """A single copy of a (possibly pmap-replicated) state."""
         return state if self.kind == "jit" else _first_copy(state)

@@ -1,0 +1,86 @@
+"""Data sources by name. Each gives a resumable training iterator and fresh evaluation passes
+of host-local numpy batches; the loop sees only this interface."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from resflax.data.arrays import ArrayIterator
+from resflax.data.synthetic import SyntheticIterator
+
+SOURCES = ("digits", "fake")
+# Named by the recipes in experiments/configs; read through tensorflow-datasets.
+TFDS_SOURCES = ("cifar10", "cifar100", "imagenet2012", "imagenette")
+
+
+@dataclasses.dataclass
+class DataSource:
+    """`train` yields this process's share of each global batch and has `position()` /
+    `restore()`; `make_eval()` starts a pass that covers the `num_eval` examples exactly once
+    (the last batch padded and masked)."""
+
+    name: str
+    train: Iterator[dict[str, Any]]
+    make_eval: Callable[[], Iterator[dict[str, Any]]]
+    num_train: int
+    num_eval: int
+    image_shape: tuple[int, int, int]
+    num_classes: int
+    steps_per_epoch: int
+
+
+def make_source(
+    data: Any,
+    *,
+    batch_size: int,
+    eval_batch_size: int,
+    seed: int,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> DataSource:
+    """`data` is the config's `data` block; batch sizes are global (all processes together)."""
+    for what, size in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+        if size <= 0 or size % process_count:
+            raise ValueError(f"{what}={size} is not divisible by the {process_count} processes")
+    local, local_eval = batch_size // process_count, eval_batch_size // process_count
+    shard = dict(process_index=process_index, process_count=process_count)
+    if data.name == "digits":
+        from resflax.data.digits import load_digits_split
+
+        x_train, y_train, x_test, y_test = load_digits_split(data.test_fraction, data.split_seed)
+        train = ArrayIterator(x_train, y_train, local, shuffle=True, seed=seed, **shard)
+        return DataSource(
+            name="digits",
+            train=train,
+            make_eval=lambda: ArrayIterator(x_test, y_test, local_eval, shuffle=False, **shard),
+            num_train=len(x_train),
+            num_eval=len(x_test),
+            image_shape=tuple(x_train.shape[1:]),
+            num_classes=10,
+            steps_per_epoch=train.steps_per_epoch,
+        )
+    if data.name == "fake":
+        if data.num_classes is None or data.image_size is None:
+            raise ValueError("data 'fake' needs data.num_classes and data.image_size")
+        shape = (data.image_size, data.image_size, data.channels)
+        num_eval_batches = -(-data.eval_size // eval_batch_size)
+        return DataSource(
+            name="fake",
+            train=SyntheticIterator(shape, data.num_classes, local, seed=seed + process_index),
+            make_eval=lambda: SyntheticIterator(
+                shape, data.num_classes, local_eval, seed=seed + 1, num_batches=num_eval_batches
+            ),
+            num_train=data.train_size,
+            num_eval=num_eval_batches * eval_batch_size,
+            image_shape=shape,
+            num_classes=data.num_classes,
+            steps_per_epoch=max(1, data.train_size // batch_size),
+        )
+    if data.name in TFDS_SOURCES:
+        raise ValueError(
+            f"data.name={data.name!r} needs the tensorflow-datasets pipeline, which this version "
+            f"does not have yet; available: {SOURCES}"
+        )
+    raise ValueError(f"data.name={data.name!r} is not one of {SOURCES + TFDS_SOURCES}")

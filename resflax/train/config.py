@@ -1,0 +1,97 @@
+"""Reading a training config (an `ml_collections.ConfigDict`, see experiments/configs/base.py):
+checks with errors that name the bad value, and the values derived from it."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from resflax.models.registry import get_entry
+from resflax.models.resnet import ResNet
+from resflax.train.optim import OPTIMIZERS, SCHEDULES
+from resflax.train.parallel import PARALLEL
+
+DTYPES = ("float32", "bfloat16")
+PRNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
+UNITS = ("epochs", "steps")
+
+
+def _positive(name: str, value: Any, *, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if value is None or not value > 0:
+        raise ValueError(f"{name}={value} must be positive")
+
+
+def model_overrides(config: Any) -> dict[str, Any]:
+    """The config's model fields that are set (None means: the registry's value)."""
+    fields = {f.name for f in dataclasses.fields(ResNet)} - {"parent", "name"}
+    set_ = {k: v for k, v in config.model.items() if k != "name" and v is not None}
+    unknown = sorted(set(set_) - fields)
+    if unknown:
+        raise ValueError(
+            f"model override(s) {unknown} are not ResNet fields; valid: {sorted(fields)}"
+        )
+    return set_
+
+
+def validate(config: Any) -> None:
+    """Everything that can be checked before touching data or devices."""
+    get_entry(config.model.name)
+    model_overrides(config)
+    if config.dtype not in DTYPES:
+        raise ValueError(f"dtype={config.dtype!r} is not one of {DTYPES}")
+    if config.prng_impl not in PRNG_IMPLS:
+        raise ValueError(f"prng_impl={config.prng_impl!r} is not one of {PRNG_IMPLS}")
+    if config.parallel not in PARALLEL:
+        raise ValueError(f"parallel={config.parallel!r} is not one of {PARALLEL}")
+    _positive("batch_size", config.batch_size)
+    _positive("eval_batch_size", config.eval_batch_size, allow_none=True)
+    if (config.num_epochs is None) == (config.num_steps is None):
+        raise ValueError(
+            f"set exactly one of num_epochs={config.num_epochs} and num_steps={config.num_steps}"
+        )
+    _positive("num_epochs", config.num_epochs, allow_none=True)
+    _positive("num_steps", config.num_steps, allow_none=True)
+    _positive("stop_at_step", config.stop_at_step, allow_none=True)
+    opt = config.optimizer
+    if opt.name not in OPTIMIZERS:
+        raise ValueError(f"optimizer.name={opt.name!r} is not one of {OPTIMIZERS}")
+    _positive("optimizer.learning_rate", opt.learning_rate)
+    _positive("optimizer.reference_batch", opt.reference_batch, allow_none=True)
+    sched = config.schedule
+    if sched.name not in SCHEDULES:
+        raise ValueError(f"schedule.name={sched.name!r} is not one of {SCHEDULES}")
+    if sched.unit not in UNITS:
+        raise ValueError(f"schedule.unit={sched.unit!r} is not one of {UNITS}")
+    if sched.warmup < 0:
+        raise ValueError(f"schedule.warmup={sched.warmup} must be non-negative")
+    if not 0.0 <= config.label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing={config.label_smoothing} must be in [0, 1)")
+    _positive("log_every_steps", config.log_every_steps)
+    for name in ("eval_every_steps", "checkpoint_every_steps"):
+        if config[name] < 0:
+            raise ValueError(f"{name}={config[name]} must be >= 0 (0: only at the end)")
+    _positive("max_to_keep", config.max_to_keep)
+
+
+@dataclasses.dataclass(frozen=True)
+class Steps:
+    """The run's length and schedule in optimizer steps."""
+
+    total: int
+    warmup: int
+    boundaries: tuple[int, ...]
+
+
+def to_steps(config: Any, steps_per_epoch: int) -> Steps:
+    if config.num_steps is not None:
+        total = int(config.num_steps)
+    else:
+        total = max(1, round(config.num_epochs * steps_per_epoch))
+    scale = steps_per_epoch if config.schedule.unit == "epochs" else 1
+    return Steps(
+        total=total,
+        warmup=round(config.schedule.warmup * scale),
+        boundaries=tuple(round(b * scale) for b in config.schedule.boundaries),
+    )
