@@ -95,7 +95,8 @@ class MetricWriter:
         self._tb.add(
             event_pb2.Event(
                 wall_time=time.time(),
-                step=resume_step,
+                # TensorBoard drops earlier events at this step or later: keep resume_step's.
+                step=resume_step + 1,
                 session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START),
             )
         )

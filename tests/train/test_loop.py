@@ -53,6 +53,14 @@ def tree_hash(directory):
     return digest.hexdigest()
 
 
+def tensorboard_scalars(workdir, tag):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(workdir / "tensorboard"))
+    events.Reload()
+    return [(e.step, e.value) for e in events.Scalars(tag)]
+
+
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("digits")
@@ -73,15 +81,10 @@ def test_run_writes_summary_metrics_checkpoints_and_tensorboard(digits_run):
     assert all(np.isfinite(x["loss"]) and 0 <= x["top1"] <= 1 for x in lines)
     assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()) == [6, 12]
     assert json.loads((workdir / "config.json").read_text())["model"]["name"] == "resnet20"
-
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = EventAccumulator(str(workdir / "tensorboard"))
-    events.Reload()
-    loss = events.Scalars("train/loss")
-    assert [e.step for e in loss] == [4, 8, 12]
-    assert loss[-1].value == pytest.approx(lines[3]["loss"], rel=1e-6)
-    assert [e.step for e in events.Scalars("eval/top1")] == [6, 12]
+    loss = tensorboard_scalars(workdir, "train/loss")
+    assert [step for step, _ in loss] == [4, 8, 12]
+    assert loss[-1][1] == pytest.approx(lines[3]["loss"], rel=1e-6)
+    assert [step for step, _ in tensorboard_scalars(workdir, "eval/top1")] == [6, 12]
 
 
 def test_workdir_of_another_model_is_refused_and_left_untouched(digits_run):
@@ -116,6 +119,13 @@ def test_pmap_resume_is_bitwise_equal_to_straight_run(tmp_path):
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_array_equal(x, y)
     assert metric_lines(tmp_path / "straight") == metric_lines(tmp_path / "split")
+    # TensorBoard sees one clean curve: the restart marker drops nothing before the resume.
+    logged = [
+        (x["step"], x["loss"]) for x in metric_lines(tmp_path / "split") if x["split"] == "train"
+    ]
+    shown = tensorboard_scalars(tmp_path / "split", "train/loss")
+    assert [s for s, _ in shown] == [s for s, _ in logged] == [1, 2, 3, 4, 5, 6]
+    assert [v for _, v in shown] == pytest.approx([v for _, v in logged], rel=1e-6)
 
 
 def test_divergence_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
