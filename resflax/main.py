@@ -33,10 +33,10 @@ class _LibraryInfoFilter(std_logging.Filter):
         return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
 
 
-def _one_line(error: BaseException) -> str:
-    """The innermost cause of a flag or config error as one line (absl and ml_collections
-    wrap them in tracebacks and repr'd multi-line messages)."""
-    while error.__cause__ is not None:
+def _one_line(error: BaseException, unwrap: bool = True) -> str:
+    """A flag or config error as one line: with `unwrap`, its innermost cause (absl and
+    ml_collections wrap them in tracebacks and repr'd multi-line messages)."""
+    while unwrap and error.__cause__ is not None:
         error = error.__cause__
     text = str(error.args[0]) if error.args else str(error)
     if isinstance(error, KeyError | AttributeError) and "Did you mean" in text:
@@ -50,8 +50,8 @@ def _one_line(error: BaseException) -> str:
     return re.sub(r"^\w+Error: ", "", "; ".join(lines))
 
 
-def _fail(error: BaseException, status: int = 1) -> None:
-    print(f"resflax: error: {_one_line(error)}", file=sys.stderr)
+def _fail(error: BaseException, status: int = 1, unwrap: bool = True) -> None:
+    print(f"resflax: error: {_one_line(error, unwrap)}", file=sys.stderr)
     sys.exit(status)
 
 
@@ -77,9 +77,9 @@ def main(argv: list[str]) -> None:
     try:
         summary = train_and_evaluate(config, _WORKDIR.value)
     except NonFiniteLossError as e:
-        _fail(e, status=2)
-    except ValueError as e:
-        _fail(e)
+        _fail(e, status=2, unwrap=False)
+    except ValueError as e:  # resflax's own messages, written for the user
+        _fail(e, unwrap=False)
     final = summary["final_eval"] or {}
     logging.info(
         "%s at step %d/%d; test top-1 %.2f%%; summary in %s/summary.json",

@@ -17,6 +17,7 @@ ARGS = {
     "cifar100": [None, "44"],
     "imagenet": [None, "18", "152", "resnext50_32x4d", "blog_resnet"],
     "fake_data": [None, "resnet18", "resnet56"],
+    "imagenette": [None, "18", "resnet50d"],
 }
 
 

@@ -81,6 +81,7 @@ def tree_hash(directory):
 
 C10_57 = "--config=experiments/configs/cifar10.py:57"
 NOPE = "--config=experiments/configs/nope.py"
+C10_56 = "--config=experiments/configs/cifar10.py:56"
 BAD_INPUT = [
     (["--config.model.name=resnet19"], DIGITS, "unknown model 'resnet19'; similar: resnet18"),
     ([], C10_57, "'57' is not in the table; valid depths: 20, 32, 44, 56, 110, 1202"),
@@ -89,6 +90,11 @@ BAD_INPUT = [
     (["--config.optimizer.learning_rate=-0.1"], DIGITS, "learning_rate=-0.1 must be positive"),
     (["--config.data.name=mnist"], DIGITS, "data.name='mnist' is not one of"),
     ([], NOPE, "No such file or directory: 'experiments/configs/nope.py'"),
+    (
+        ["--config.data.data_dir=/tmp/resflax-no-data"],
+        C10_56,
+        "data set 'cifar10' is not prepared in",
+    ),
 ]
 
 

@@ -34,14 +34,28 @@ def get_config() -> config_dict.ConfigDict:
         )
     )
 
-    # name: digits (embedded, offline) | fake (synthetic, for throughput).
+    # name: digits (embedded, offline) | fake (synthetic, for throughput) | cifar10 | cifar100 |
+    # imagenet2012 | imagenette (tensorflow-datasets) | image_folder (<folder>/<split>/<class>/).
     c.data = config_dict.ConfigDict(
         dict(
             name="digits",
+            data_dir=placeholder(
+                str
+            ),  # tfds data dir; None: $TFDS_DATA_DIR or ~/tensorflow_datasets
+            folder=placeholder(str),  # image_folder: the root
+            train_split=placeholder(str),  # None: the data set's (train; test or validation)
+            eval_split=placeholder(str),
+            crop_fraction=0.875,  # ImageNet-style eval: resize to image_size / this, center crop
+            mean=placeholder(tuple),  # None: the data set's (0..255 units)
+            std=placeholder(tuple),
+            shuffle_buffer=10_000,
+            cache=False,  # keep the undecoded records in memory after the first epoch
+            parallel_calls=-1,  # tf.data map parallelism; -1: autotune
+            prefetch=2,  # batches placed on the devices ahead of the step
             test_fraction=0.2,  # digits: held-out share, stratified
             split_seed=0,
-            num_classes=placeholder(int),  # fake: classes and image size
-            image_size=placeholder(int),
+            num_classes=placeholder(int),  # fake: classes
+            image_size=placeholder(int),  # None: the data set's (32 CIFAR, 224 ImageNet)
             channels=3,
             train_size=1_281_167,  # fake: examples per "epoch" (ImageNet's train split)
             eval_size=512,

@@ -5,6 +5,8 @@ paper's table (20, 32, 44, 56, 110, 1202) or any CIFAR model name (resnet56, pre
 wrn28_10, ...).
 
     make train CONFIG=experiments/configs/cifar10.py:resnet56 WORKDIR=runs/c10_r56
+    (needs CIFAR-10 prepared for tfds: `tfds build cifar10` once where there is internet, then
+    copy ~/tensorflow_datasets or set TFDS_DATA_DIR / --config.data.data_dir)
     python -m resflax.main --config=experiments/configs/cifar10.py:110 --workdir=runs/c10_r110
 
 Deviations: the paper trains on a 45k/5k split and reports the test set; this trains on all 50k.
@@ -37,6 +39,8 @@ def get_config(model: str = "resnet56"):
     c = base.get_config()
     c.model.name = cifar_model(model or "resnet56")
     c.data.name = "cifar10"
+    c.data.cache = True  # 50k small images: keep them in memory, shuffle all of them each epoch
+    c.data.shuffle_buffer = 50_000
     c.batch_size = 128
     c.num_steps = 64_000
     c.optimizer.learning_rate = 0.1

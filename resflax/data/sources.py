@@ -10,9 +10,9 @@ from typing import Any
 from resflax.data.arrays import ArrayIterator
 from resflax.data.synthetic import SyntheticIterator
 
+# In memory: the embedded digits and synthetic batches. Through tensorflow-datasets: the rest.
 SOURCES = ("digits", "fake")
-# Named by the recipes in experiments/configs; read through tensorflow-datasets.
-TFDS_SOURCES = ("cifar10", "cifar100", "imagenet2012", "imagenette")
+TFDS_SOURCES = ("cifar10", "cifar100", "imagenet2012", "imagenette", "image_folder")
 
 
 @dataclasses.dataclass
@@ -79,8 +79,9 @@ def make_source(
             steps_per_epoch=max(1, data.train_size // batch_size),
         )
     if data.name in TFDS_SOURCES:
-        raise ValueError(
-            f"data.name={data.name!r} needs the tensorflow-datasets pipeline, which this version "
-            f"does not have yet; available: {SOURCES}"
+        from resflax.data.tfds import make_tfds_source  # imports TensorFlow: only when used
+
+        return make_tfds_source(
+            data, batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed, **shard
         )
     raise ValueError(f"data.name={data.name!r} is not one of {SOURCES + TFDS_SOURCES}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from resflax.data.sources import SOURCES, TFDS_SOURCES
 from resflax.models.registry import get_entry
 from resflax.models.resnet import ResNet
 from resflax.train.optim import OPTIMIZERS, SCHEDULES
@@ -54,6 +55,10 @@ def validate(config: Any) -> None:
     _positive("num_epochs", config.num_epochs, allow_none=True)
     _positive("num_steps", config.num_steps, allow_none=True)
     _positive("stop_at_step", config.stop_at_step, allow_none=True)
+    if config.data.name not in SOURCES + TFDS_SOURCES:
+        raise ValueError(f"data.name={config.data.name!r} is not one of {SOURCES + TFDS_SOURCES}")
+    if config.data.prefetch < 0:
+        raise ValueError(f"data.prefetch={config.data.prefetch} must be >= 0")
     opt = config.optimizer
     if opt.name not in OPTIMIZERS:
         raise ValueError(f"optimizer.name={opt.name!r} is not one of {OPTIMIZERS}")

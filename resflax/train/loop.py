@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from resflax.data.prefetch import Prefetch
 from resflax.data.sources import make_source
 from resflax.models.registry import create_model
 from resflax.train import config as config_lib
@@ -157,6 +158,7 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
         f", resuming at step {start}" if start else "",
     )  # fmt: skip
 
+    train_batches = Prefetch(data.train, parallel.shard_batch, config.data.prefetch)
     train_fn = parallel.train_step(
         functools.partial(step_lib.train_step, label_smoothing=config.label_smoothing)
     )
@@ -176,7 +178,7 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
                 f"checkpoint: step {checkpointer.latest_step()})"
             )
         position = {
-            "data": data.train.position(),
+            "data": train_batches.position(),
             "loop": {**loop, "window": window, "train_seconds": loop["train_seconds"] + elapsed()},
         }
         checkpointer.save(parallel.unreplicate(state), position)
@@ -196,7 +198,7 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
     try:
         with _Preemption() as preemption:
             while step < end:
-                batch = parallel.shard_batch(next(data.train))
+                batch = next(train_batches)
                 state, sums = train_fn(state, batch)
                 step += 1
                 pending.append((step, sums))
