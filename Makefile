@@ -9,7 +9,7 @@ CONFIG  ?= experiments/configs/digits.py
 WORKDIR ?= runs/$(subst :,_,$(subst .py,,$(notdir $(CONFIG))))
 FLAGS   ?=
 
-.PHONY: install train test lint zoo bench-compile clean
+.PHONY: install train test lint zoo bench-compile bench-input clean
 
 install: $(STAMP)
 
@@ -34,6 +34,9 @@ zoo: $(STAMP)
 
 bench-compile: $(STAMP)
 	$(PY) experiments/benchmarks/compile_vs_depth.py --out experiments/results/compile.md
+
+bench-input: $(STAMP)
+	$(PY) -m experiments.benchmarks.input_pipeline --out experiments/results/input_pipeline.md
 
 clean:
 	rm -rf .venv .pytest_cache .ruff_cache

@@ -1,6 +1,7 @@
 """tensorflow-datasets pipelines, offline: tfds' mock data for CIFAR-10 and ImageNet, and real
 image files (PNG and JPEG) in an image folder written by the tests."""
 
+import json
 import math
 import time
 
@@ -274,3 +275,63 @@ def test_image_folder_resume_is_bitwise_equal(folder, tmp_path):
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_array_equal(x, y)
     assert metric_lines(tmp_path / "straight") == metric_lines(tmp_path / "split")
+
+
+# --- a really prepared tfds data set (CIFAR-10's own builder, from generated files) -----------
+
+
+@pytest.fixture(scope="module")
+def cifar_dir(tmp_path_factory):
+    """CIFAR-10 prepared by tfds' real builder from binary files in CIFAR's own format (50
+    train, 13 test examples of random pixels): split metadata, tfrecord shards, sub-splits."""
+    from unittest import mock
+
+    root = tmp_path_factory.mktemp("cifar")
+    raw = root / "raw" / "cifar-10-batches-bin"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name, count in [
+        *((f"data_batch_{i}.bin", 10) for i in range(1, 6)),
+        ("test_batch.bin", 13),
+    ]:
+        labels = rng.integers(0, 10, (count, 1), dtype=np.uint8)
+        pixels = rng.integers(0, 256, (count, 3072), dtype=np.uint8)
+        (raw / name).write_bytes(np.concatenate([labels, pixels], 1).tobytes())
+    (raw / "batches.meta.txt").write_text("\n".join(f"class{i}" for i in range(10)) + "\n")
+    builder = tfds.builder("cifar10", data_dir=str(root / "tfds"), try_gcs=False)
+    download = mock.patch.object(
+        tfds.download.DownloadManager, "download_and_extract", return_value=str(root / "raw")
+    )
+    with download:
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(try_download_gcs=False)
+        )
+    return root / "tfds"
+
+
+def test_prepared_cifar_uses_split_metadata_and_per_process_subsplits(cifar_dir):
+    ids = []
+    for index in range(2):
+        src = source(
+            data_config(name="cifar10", data_dir=str(cifar_dir)), batch=4, eval_batch=4,
+            process_index=index, process_count=2,
+        )  # fmt: skip
+        assert (src.num_train, src.num_eval, src.steps_per_epoch) == (50, 13, 12)
+        records = src.train._records(epoch_seed=3)
+        ids.append({r["id"] for r in records.as_numpy_iterator()})
+        assert sum(int(b["mask"].sum()) for b in src.make_eval()) in (6, 7)
+    assert len(ids[0]) == len(ids[1]) == 25 and not ids[0] & ids[1]
+
+
+@pytest.mark.slow
+def test_cli_trains_cifar10_recipe_where_the_data_is_prepared(cifar_dir, tmp_path):
+    from tests.test_main import TINY, run
+
+    flags = [f for f in TINY if "batch_size" not in f]
+    status, out = run(
+        tmp_path, *flags, f"--config.data.data_dir={cifar_dir}", "--config.batch_size=16",
+        "--config.num_steps=4", config="--config=experiments/configs/cifar10.py:resnet56",
+    )  # fmt: skip
+    assert status == 0, out[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["data"] == "cifar10" and summary["final_eval"]["num_examples"] == 13
