@@ -9,7 +9,10 @@ CONFIG  ?= experiments/configs/digits.py
 WORKDIR ?= runs/$(subst :,_,$(subst .py,,$(notdir $(CONFIG))))
 FLAGS   ?=
 
-.PHONY: install train test lint zoo bench-compile bench-input clean
+SWEEP    ?= experiments/sweeps/digits_depths.py
+LAUNCHER ?= local
+
+.PHONY: install train sweep test lint zoo bench-compile bench-input clean
 
 install: $(STAMP)
 
@@ -21,6 +24,9 @@ $(STAMP): pyproject.toml
 
 train: $(STAMP)
 	$(PY) -m resflax.main --config=$(CONFIG) --workdir=$(WORKDIR) $(FLAGS)
+
+sweep: $(STAMP)
+	$(PY) -m experiments.sweep --sweep $(SWEEP) --launcher $(LAUNCHER)
 
 test: $(STAMP)
 	XLA_FLAGS=$(XLA_TEST_FLAGS) $(PY) -m pytest -q -n 2 --durations=10

@@ -12,8 +12,10 @@ stderr naming the value), 2 on divergence (non-finite loss).
 from __future__ import annotations
 
 import logging as std_logging
+import os
 import re
 import sys
+import traceback
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -55,6 +57,16 @@ def _fail(error: BaseException, status: int = 1, unwrap: bool = True) -> None:
     sys.exit(status)
 
 
+def _raised_by_resflax(error: BaseException) -> bool:
+    """Whether the error was raised in resflax's own code (whose messages are written for the
+    user) rather than deep inside jax, TensorFlow or orbax."""
+    import resflax
+
+    package = os.path.dirname(os.path.abspath(resflax.__file__)) + os.sep
+    frames = traceback.extract_tb(error.__traceback__)
+    return bool(frames) and os.path.abspath(frames[-1].filename).startswith(package)
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
     try:
         return flags.FLAGS(argv)
@@ -74,11 +86,16 @@ def main(argv: list[str]) -> None:
         config.get("model")  # the file is loaded lazily: load it here, inside the try
     except (KeyError, AttributeError, ValueError, OSError) as e:
         _fail(e)
+    from resflax.train.distributed import initialize
+
     try:
+        initialize(config.distributed)  # before any other JAX call
         summary = train_and_evaluate(config, _WORKDIR.value)
     except NonFiniteLossError as e:
         _fail(e, status=2, unwrap=False)
-    except ValueError as e:  # resflax's own messages, written for the user
+    except ValueError as e:
+        if not _raised_by_resflax(e):
+            raise  # a library's error: keep its traceback, it is a bug to report
         _fail(e, unwrap=False)
     final = summary["final_eval"] or {}
     logging.info(

@@ -97,6 +97,18 @@ def get_config() -> config_dict.ConfigDict:
 
     c.dtype = "float32"  # float32 | bfloat16 (compute; params, BN stats and loss stay float32)
     c.parallel = "jit"  # jit (Mesh + NamedSharding) | pmap
+    # Several processes (hosts): enabled=True alone suffices on TPU pods and SLURM; elsewhere
+    # give the coordinator's host:port, the process count and this process's id.
+    c.distributed = config_dict.ConfigDict(
+        dict(
+            enabled=False,
+            coordinator_address=placeholder(str),
+            num_processes=placeholder(int),
+            process_id=placeholder(int),
+            initialization_timeout=300,  # seconds to wait for all processes to join
+            heartbeat_timeout_seconds=100,  # a silent peer is declared dead after this
+        )
+    )
     c.num_devices = placeholder(int)  # None: all local devices
 
     c.log_every_steps = 50

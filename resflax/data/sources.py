@@ -29,6 +29,9 @@ class DataSource:
     image_shape: tuple[int, int, int]
     num_classes: int
     steps_per_epoch: int
+    # Whether each process reads its own part of the data (then a position is only valid for
+    # the same number of processes), or slices the same global batches (then it is portable).
+    per_process_shards: bool = False
 
 
 def make_source(

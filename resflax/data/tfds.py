@@ -59,6 +59,15 @@ class Spec:
 
 def spec_from_config(data: Any) -> Spec:
     tfds_name, train, test, kind, size = DATASETS[data.name]
+    if not 0 < data.crop_fraction <= 1:
+        raise ValueError(f"data.crop_fraction={data.crop_fraction} must be in (0, 1]")
+    if data.shuffle_buffer < 1:
+        raise ValueError(f"data.shuffle_buffer={data.shuffle_buffer} must be at least 1")
+    if kind == "cifar" and data.image_size not in (None, size):
+        raise ValueError(
+            f"data.image_size={data.image_size}: {data.name} images are {size}x{size} "
+            "(leave it unset)"
+        )
     stats = preprocess.MEAN_STD.get(data.name, preprocess.MEAN_STD["imagenet"])
     size = data.image_size or size
     return Spec(
@@ -187,8 +196,12 @@ class TfdsIterator(Iterator[dict[str, np.ndarray]]):
         )
         start = self.index * batch
         records = records.take(self.steps_per_epoch * batch).skip(start)
+        # Example i of process p is example i * processes + p of the epoch: its own seed.
+        processes, index = self.process_count, self.process_index
         dataset = records.enumerate(start=start).map(
-            lambda i, ex: _train_example(ex, tf.stack([epoch_seed, tf.cast(i, tf.int32)]), spec),
+            lambda i, ex: _train_example(
+                ex, tf.stack([epoch_seed, tf.cast(i * processes + index, tf.int32)]), spec
+            ),
             num_parallel_calls=spec.parallel_calls, deterministic=True,
         )  # fmt: skip
         dataset = dataset.batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
@@ -303,4 +316,5 @@ def make_tfds_source(
         image_shape=(spec.image_size, spec.image_size, 3),
         num_classes=int(builder.info.features["label"].num_classes),
         steps_per_epoch=steps_per_epoch,
+        per_process_shards=True,
     )

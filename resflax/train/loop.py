@@ -10,6 +10,7 @@ step, saves it and returns normally, so the process exits 0 and the next run res
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import signal
 import threading
@@ -42,18 +43,26 @@ class NonFiniteLossError(RuntimeError):
 
 class _Preemption:
     """Turns SIGTERM into a flag the loop checks between steps (installed only where Python
-    allows handlers: the main thread)."""
+    allows handlers: the main thread). With several processes JAX's preemption service owns
+    SIGTERM instead, and orbax's `reached_preemption` tells every process to stop at the same
+    step."""
 
-    def __init__(self) -> None:
+    def __init__(self, manager: Any = None) -> None:
         self.requested = False
         self._previous: Any = None
+        self._manager = manager if jax.process_count() > 1 else None
+
+    def reached(self, step: int) -> bool:
+        if self._manager is not None:
+            return bool(self._manager.reached_preemption(step))
+        return self.requested
 
     def _handle(self, signum: int, frame: Any) -> None:
         del signum, frame
         self.requested = True
 
     def __enter__(self) -> _Preemption:
-        if threading.current_thread() is threading.main_thread():
+        if self._manager is None and threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, self._handle)
         return self
 
@@ -64,13 +73,22 @@ class _Preemption:
 
 @jax.jit
 def _all_finite(tree: Any) -> jax.Array:
-    leaves = jax.tree_util.tree_leaves(tree)
+    leaves = [x for x in jax.tree_util.tree_leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
 def _add(totals: dict[str, float], sums: dict[str, Any]) -> dict[str, float]:
     # float64 on the host: exact for counts, and the same order of additions on resume.
     return {k: totals.get(k, 0.0) + float(v) for k, v in sums.items()}
+
+
+def param_digest(params: Any) -> str:
+    """sha256 of this process's copy of the parameters: equal on every replica, process and
+    rerun when training is deterministic (the logs show it for comparison)."""
+    digest = hashlib.sha256()
+    for leaf in jax.tree_util.tree_leaves(params):
+        digest.update(np.asarray(leaf.addressable_data(0)).tobytes())
+    return digest.hexdigest()[:16]
 
 
 def _count_params(params: Any) -> int:
@@ -138,13 +156,29 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
     state = parallel.create_state(init, jax.random.key(config.seed, impl=config.prng_impl))
 
     loop: dict[str, Any] = {"window": {}, "train_seconds": 0.0, "best": None}
+    # A data position means something only for the same data, batch, seed and processes.
+    setup = {
+        "data": data.name, "batch_size": config.batch_size, "seed": config.seed,
+        "steps_per_epoch": data.steps_per_epoch,
+        "processes": jax.process_count() if data.per_process_shards else "any",
+    }  # fmt: skip
     restored = checkpointer.restore(parallel.unreplicate(state))
     if restored is not None:
         single, saved = restored
+        if saved.get("setup", setup) != setup:
+            raise ValueError(
+                f"workdir {workdir} was trained with {saved['setup']}, not {setup}: its data "
+                "position would point at other examples; use another --workdir"
+            )
         state = parallel.replicate(single)
         data.train.restore(saved["data"])
         loop.update(saved["loop"])
     start = int(jax.device_get(parallel.unreplicate(state).step))
+    if start > steps.total:
+        raise ValueError(
+            f"workdir {workdir} is at step {start}, beyond num_steps={steps.total}; raise the "
+            "number of steps or use another --workdir"
+        )
     if lead:
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
@@ -172,12 +206,14 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
         return step == steps.total or (n > 0 and step % n == 0)
 
     def save(state: Any, step: int, window: dict[str, float]) -> None:
-        if not bool(_all_finite(parallel.unreplicate(state).params)):
+        single = parallel.unreplicate(state)
+        if not bool(_all_finite((single.params, single.batch_stats, single.opt_state))):
             raise NonFiniteLossError(
-                f"parameters became non-finite by step {step}; not saved (latest good "
+                f"the training state became non-finite by step {step}; not saved (latest good "
                 f"checkpoint: step {checkpointer.latest_step()})"
             )
         position = {
+            "setup": setup,
             "data": train_batches.position(),
             "loop": {**loop, "window": window, "train_seconds": loop["train_seconds"] + elapsed()},
         }
@@ -196,7 +232,7 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
     step = start
     preempted = False
     try:
-        with _Preemption() as preemption:
+        with _Preemption(checkpointer.manager) as preemption:
             while step < end:
                 batch = next(train_batches)
                 state, sums = train_fn(state, batch)
@@ -206,7 +242,7 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
                     jax.block_until_ready(sums)
                     compile_seconds = elapsed()
                     progress.start(step)
-                preempted = preemption.requested
+                preempted = preemption.reached(step)
                 log, do_eval = (
                     every(config.log_every_steps, step),
                     every(config.eval_every_steps, step),
@@ -243,6 +279,7 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
                 if preempted:
                     logging.info("SIGTERM: saved step %d; exiting to resume later", step)
                     break
+            checkpointer.wait()  # still under the handler: a SIGTERM now cannot cut the save
     finally:
         checkpointer.wait()
         checkpointer.close()
@@ -257,6 +294,8 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
         "model": config.model.name,
         "num_params": num_params,
         "data": data.name,
+        "image_shape": list(data.image_shape),
+        "num_classes": data.num_classes,
         "step": step,
         "total_steps": steps.total,
         "epochs": step / data.steps_per_epoch,
@@ -269,7 +308,9 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
         "train_seconds": loop["train_seconds"] + elapsed(),
         "compile_seconds": compile_seconds,
         "images_per_sec": float(np.median(rates)) if rates else None,
+        "param_digest": param_digest(parallel.unreplicate(state).params),
     }
+    logging.info("process %d: parameter digest %s", jax.process_index(), summary["param_digest"])
     if lead:
         (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

@@ -48,14 +48,25 @@ class Parallel:
     def mesh(self) -> Mesh:
         return Mesh(np.array(self.devices), (AXIS,))
 
+    @property
+    def global_devices(self) -> int:
+        """Devices sharing a global batch: the mesh's (jit) or every process's own (pmap)."""
+        return self.num_devices * (jax.process_count() if self.kind == "pmap" else 1)
+
+    @property
+    def _pmap_devices(self) -> tuple[Any, ...] | None:
+        # With several processes pmap must be left to take every process's devices itself.
+        return self.devices if jax.process_count() == 1 else None
+
     def check_batch(self, batch_size: int) -> int:
         """The per-device batch; refuses a global batch the devices cannot share evenly."""
-        if batch_size <= 0 or batch_size % self.num_devices:
+        n = self.global_devices
+        if batch_size <= 0 or batch_size % n:
             raise ValueError(
-                f"batch_size={batch_size} is not divisible by the {self.num_devices} devices; "
-                f"use a multiple of {self.num_devices}"
+                f"batch_size={batch_size} is not divisible by the {n} devices; "
+                f"use a multiple of {n}"
             )
-        return batch_size // self.num_devices
+        return batch_size // n
 
     def wrap_tx(self, tx: optax.GradientTransformation) -> optax.GradientTransformation:
         return optax.chain(pmean_gradients(), tx) if self.kind == "pmap" else tx
@@ -67,12 +78,21 @@ class Parallel:
             abstract = jax.eval_shape(init, key)
             replicated = jax.tree_util.tree_map(lambda _: NamedSharding(self.mesh, P()), abstract)
             return jax.jit(init, out_shardings=replicated)(key)
-        return jax.pmap(lambda _: init(key), devices=self.devices)(np.arange(self.num_devices))
+        return jax.pmap(lambda _: init(key), devices=self._pmap_devices)(
+            np.arange(self.num_devices)
+        )
 
     def shard_batch(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         """Host batch -> per-device pieces: a sharded global array (jit) or arrays with a
         leading device axis, which pmap splits over the devices as it runs (pmap)."""
-        self.check_batch(len(next(iter(batch.values()))))
+        size = len(next(iter(batch.values())))
+        local = self.num_devices // (jax.process_count() if self.kind == "jit" else 1)
+        if size % local:
+            where = " of this process" if jax.process_count() > 1 else ""
+            raise ValueError(
+                f"batch_size={size} is not divisible by the {local} devices{where}; "
+                f"use a multiple of {local}"
+            )
         if self.kind == "jit":
             sharding = NamedSharding(self.mesh, P(AXIS))
             return {
@@ -91,7 +111,7 @@ class Parallel:
             state, sums = step(state, batch)
             return state, jax.lax.psum(sums, AXIS)
 
-        pmapped = jax.pmap(on_device, axis_name=AXIS, devices=self.devices, donate_argnums=0)
+        pmapped = jax.pmap(on_device, axis_name=AXIS, devices=self._pmap_devices, donate_argnums=0)
 
         def run(state, batch):
             state, sums = pmapped(state, batch)
@@ -103,7 +123,7 @@ class Parallel:
         if self.kind == "jit":
             return jax.jit(step)
         pmapped = jax.pmap(
-            lambda s, b: jax.lax.psum(step(s, b), AXIS), axis_name=AXIS, devices=self.devices
+            lambda s, b: jax.lax.psum(step(s, b), AXIS), axis_name=AXIS, devices=self._pmap_devices
         )
         return lambda state, batch: _first_copy(pmapped(state, batch))
 
@@ -114,7 +134,7 @@ class Parallel:
             return state
         # An unmapped input returned from pmap comes back as one copy per device, placed the
         # way pmap expects its inputs (a broadcast array passed in mapped is not).
-        copies = jax.pmap(lambda s, _: s, in_axes=(None, 0), devices=self.devices)
+        copies = jax.pmap(lambda s, _: s, in_axes=(None, 0), devices=self._pmap_devices)
         return copies(state, np.arange(self.num_devices))
 
     def unreplicate(self, state: Any) -> Any:
@@ -131,7 +151,11 @@ def make_parallel(kind: str = "jit", num_devices: int | None = None) -> Parallel
     """`kind` "jit" or "pmap" over the first `num_devices` local devices (default: all)."""
     if kind not in PARALLEL:
         raise ValueError(f"parallel={kind!r} is not one of {PARALLEL}")
-    devices = jax.local_devices()
+    # jit spans every process's devices (one global mesh); pmap runs over this process's own
+    # devices, and its collectives reach the other processes' by themselves.
+    devices = jax.devices() if kind == "jit" else jax.local_devices()
+    if num_devices is not None and jax.process_count() > 1:
+        raise ValueError(f"num_devices={num_devices} can only be set with a single process")
     if num_devices is not None and not 1 <= num_devices <= len(devices):
         raise ValueError(f"num_devices={num_devices} must be in [1, {len(devices)}]")
     return Parallel(kind, tuple(devices[: num_devices or len(devices)]))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import socket
 import struct
 import time
@@ -84,11 +85,12 @@ class MetricWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists():
             kept = [
-                line
-                for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line)["step"] <= resume_step
+                line for line in self.path.read_text().splitlines() if _up_to(line, resume_step)
             ]
-            self.path.write_text("".join(f"{line}\n" for line in kept))
+            # Replaced in one rename: a kill here leaves the old file or the new, never neither.
+            partial = self.path.with_suffix(".jsonl.tmp")
+            partial.write_text("".join(f"{line}\n" for line in kept))
+            os.replace(partial, self.path)
         from tensorboard.compat.proto import event_pb2
 
         self._tb = EventFile(Path(workdir) / "tensorboard")
@@ -125,6 +127,15 @@ class MetricWriter:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+def _up_to(line: str, step: int) -> bool:
+    """Whether a metrics line is complete and at or before `step` (a process killed while
+    writing leaves a cut-off last line: it is dropped, and rewritten by the resumed run)."""
+    try:
+        return json.loads(line)["step"] <= step
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return False
 
 
 def format_duration(seconds: float) -> str:

@@ -1,0 +1,239 @@
+"""Run a sweep (a list of config variants, typically depths) and collect its table and plots.
+
+    python -m experiments.sweep --sweep experiments/sweeps/digits_depths.py      (make sweep)
+    python -m experiments.sweep --sweep ... --launcher slurm   # writes an sbatch array, prints it
+    python -m experiments.sweep --sweep ... --launcher tpu     # prints one command per member
+    python -m experiments.sweep --sweep ... --member 2         # one member (a cluster task)
+    python -m experiments.sweep --sweep ... --collect          # only the table and plots
+
+A sweep file defines `get_sweep()` -> {"config": "<file>.py:{depth}", "members": [{"depth":
+20}, ...], "flags": [...], optional "paper_error": {"20": 8.75, ...}, "paper_source": "..."}.
+Each member trains in its own workdir `<runs>/<sweep>/<member>`; a member whose summary says
+"finished" is skipped, any other resumes from its checkpoints. Results go to
+`experiments/results/<sweep>/`: table.md, error_vs_depth.png, curves.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_sweep(path: str) -> dict[str, Any]:
+    file = Path(path)
+    if not file.is_file():
+        raise SystemExit(f"sweep: error: no sweep file {path!r}; see experiments/sweeps/")
+    spec = importlib.util.spec_from_file_location(file.stem, file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sweep = module.get_sweep()
+    sweep["name"] = file.stem
+    return sweep
+
+
+def member_name(member: dict[str, Any]) -> str:
+    return "_".join(f"{k}{v}" for k, v in member.items())
+
+
+def command(sweep: dict[str, Any], member: dict[str, Any], workdir: Path) -> list[str]:
+    config = sweep["config"].format(**member)
+    return [
+        sys.executable, "-m", "resflax.main", f"--config={config}", f"--workdir={workdir}",
+        *sweep.get("flags", []),
+    ]  # fmt: skip
+
+
+def status(workdir: Path) -> str:
+    summary = workdir / "summary.json"
+    return json.loads(summary.read_text())["status"] if summary.exists() else "not started"
+
+
+def run_local(sweep: dict[str, Any], runs: Path, only: int | None) -> int:
+    failed = []
+    for i, member in enumerate(sweep["members"]):
+        if only is not None and i != only:
+            continue
+        workdir = runs / member_name(member)
+        if status(workdir) == "finished":
+            print(f"[{member_name(member)}] finished earlier: skipped", flush=True)
+            continue
+        cmd = command(sweep, member, workdir)
+        print(f"[{member_name(member)}] {shlex.join(cmd[1:])}", flush=True)
+        if subprocess.run(cmd, cwd=ROOT).returncode != 0:
+            failed.append(member_name(member))
+    if failed:
+        print(f"sweep: members that did not finish: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def slurm_script(sweep: dict[str, Any], sweep_file: str, runs: Path) -> Path:
+    template = (ROOT / "experiments" / "launch" / "slurm_sweep.sbatch").read_text()
+    script = template.format(
+        name=sweep["name"], last=len(sweep["members"]) - 1, root=ROOT, sweep=sweep_file,
+        runs_parent=runs.parent, logs=runs / "slurm-%A_%a.log",
+    )  # fmt: skip
+    runs.mkdir(parents=True, exist_ok=True)
+    path = runs / "sweep.sbatch"
+    path.write_text(script)
+    return path
+
+
+def tpu_commands(sweep: dict[str, Any], runs: Path) -> list[str]:
+    out = []
+    for member in sweep["members"]:
+        argv = command(sweep, member, runs / member_name(member))[2:]
+        cmd = shlex.join(["python", "-m", *argv, "--config.distributed=True"])
+        out.append(
+            'gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone="$ZONE" --worker=all '
+            f"--command={shlex.quote(f'cd resflax && .venv/bin/{cmd}')}"
+        )
+    return out
+
+
+# --- collecting -------------------------------------------------------------------------------
+
+
+def read_member(workdir: Path) -> dict[str, Any] | None:
+    if not (workdir / "summary.json").exists():
+        return None
+    summary = json.loads((workdir / "summary.json").read_text())
+    lines = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines() if x]
+    config = json.loads((workdir / "config.json").read_text())
+    return {"summary": summary, "lines": lines, "config": config}
+
+
+def gmacs(result: dict[str, Any]) -> float:
+    from resflax.models import count_macs, create_model
+
+    config, summary = result["config"], result["summary"]
+    overrides = {k: v for k, v in config["model"].items() if k != "name" and v is not None}
+    model = create_model(config["model"]["name"], num_classes=summary["num_classes"], **overrides)
+    return count_macs(model, (1, *summary["image_shape"])) / 1e9
+
+
+def collect(sweep: dict[str, Any], runs: Path, out: Path) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    paper = sweep.get("paper_error", {})
+    header = "| member | model | params | GMACs | best test error | final test error | "
+    header += f"{'paper' if paper else ''} | train time |"
+    rows = [header, "|---|---|---:|---:|---:|---:|---:|---:|"]
+    points, curves = [], []
+    for member in sweep["members"]:
+        name = member_name(member)
+        result = read_member(runs / name)
+        if result is None:
+            rows.append(f"| {name} | (not run) | | | | | | |")
+            continue
+        s = result["summary"]
+        best = 100 * (1 - s["best_eval"]["top1"]) if s.get("best_eval") else float("nan")
+        final = 100 * (1 - s["final_eval"]["top1"]) if s.get("final_eval") else float("nan")
+        ref = paper.get(str(member.get("depth", "")), "")
+        unfinished = "" if s["status"] == "finished" else f" ({s['status']})"
+        paper_cell = f"{ref:.2f}%" if ref != "" else ""
+        rows.append(
+            f"| {name} | {s['model']} | {s['num_params']:,} | {gmacs(result):.4g} | {best:.2f}% | "
+            f"{final:.2f}% | {paper_cell} | {s['train_seconds']:.0f} s{unfinished} |"
+        )
+        depth = member.get("depth")
+        if depth is not None and s.get("final_eval"):
+            points.append((int(depth), final, ref))
+        curves.append((name, result["lines"]))
+
+    source = sweep.get("paper_source", "")
+    table = "\n".join(
+        [
+            f"# Sweep `{sweep['name']}`",
+            "",
+            f"Config: `{sweep['config']}` with {sweep['members']}; flags {sweep.get('flags', [])}. "
+            "Errors are 100% − top-1 on the whole test split; GMACs per image at the trained "
+            "resolution (exact, from the jaxpr)." + (f" Paper column: {source}." if source else ""),
+            f"Made by `python -m experiments.sweep --sweep experiments/sweeps/{sweep['name']}.py`.",
+            "",
+            *rows,
+            "",
+            "![test error vs depth](error_vs_depth.png)",
+            "",
+            "![training curves](curves.png)",
+        ]
+    )
+    (out / "table.md").write_text(table + "\n")
+
+    if points:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        depths = [p[0] for p in points]
+        ax.plot(depths, [p[1] for p in points], "o-", label="measured (final)")
+        if any(p[2] != "" for p in points):
+            ax.plot(depths, [p[2] for p in points], "s--", label=source or "paper")
+        ax.set(xlabel="depth (layers)", ylabel="test error (%)", xscale="log", xticks=depths)
+        ax.set_xticklabels([str(d) for d in depths])
+        ax.legend()
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out / "error_vs_depth.png", dpi=120)
+        plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for i, (name, lines) in enumerate(curves):
+        color = f"C{i}"
+        train = [(x["step"], 100 * (1 - x["top1"])) for x in lines if x["split"] == "train"]
+        test = [(x["step"], 100 * (1 - x["top1"])) for x in lines if x["split"] == "eval"]
+        if train:
+            ax.plot(*zip(*train, strict=True), color=color, linewidth=0.8, alpha=0.7)
+        if test:
+            ax.plot(*zip(*test, strict=True), color=color, linewidth=2.2, marker="o", label=name)
+    ax.set(
+        xlabel="iteration",
+        ylabel="error (%)",
+        title="thin: train, bold: test (He et al. Fig. 6 style)",
+    )
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "curves.png", dpi=120)
+    plt.close(fig)
+    return table
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sweep", required=True, help="experiments/sweeps/<name>.py")
+    parser.add_argument("--runs", default="runs/sweeps", help="parent of the members' workdirs")
+    parser.add_argument("--results", default="experiments/results", help="parent of the tables")
+    parser.add_argument("--launcher", choices=("local", "slurm", "tpu"), default="local")
+    parser.add_argument("--member", type=int, default=None, help="run only this member index")
+    parser.add_argument("--collect", action="store_true", help="only collect table and plots")
+    args = parser.parse_args()
+    sweep = load_sweep(args.sweep)
+    runs = Path(args.runs) / sweep["name"]
+    if args.member is not None and not 0 <= args.member < len(sweep["members"]):
+        raise SystemExit(
+            f"sweep: error: --member={args.member} not in [0, {len(sweep['members'])})"
+        )
+    if args.launcher == "slurm":
+        print(f"sbatch {slurm_script(sweep, args.sweep, runs.resolve())}")
+        return 0
+    if args.launcher == "tpu":
+        print("\n".join(tpu_commands(sweep, runs)))
+        return 0
+    code = 0 if args.collect else run_local(sweep, runs, args.member)
+    if args.member is None:
+        print(collect(sweep, runs, Path(args.results) / sweep["name"]))
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""Two processes on 127.0.0.1 (2 CPU devices each, gloo collectives) against one process with
+4 devices: same config and data, same result; a checkpoint written by two restores on one."""
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.test_main import ROOT, TINY, metric_lines, saved_state
+
+pytestmark = pytest.mark.slow
+FLAGS = [
+    *TINY,
+    "--config.num_steps=6",
+    "--config.checkpoint_every_steps=3",
+    "--config.log_every_steps=1",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(workdir, devices, *flags, process=None, port=None):
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    extra = []
+    if process is not None:
+        extra = [
+            "--config.distributed.enabled=True",
+            f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+            "--config.distributed.num_processes=2",
+            f"--config.distributed.process_id={process}",
+            "--config.distributed.initialization_timeout=60",
+            "--config.distributed.heartbeat_timeout_seconds=10",
+        ]
+    log = Path(f"{workdir}.{process}.{time.monotonic_ns()}.log")
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "resflax.main", "--config=experiments/configs/digits.py",
+             f"--workdir={workdir}", *FLAGS, *flags, *extra],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    return proc, log
+
+
+def finish(*launched, timeout=240):
+    try:
+        for proc, _ in launched:
+            proc.wait(timeout=timeout)
+    finally:
+        for proc, _ in launched:
+            proc.kill()
+    outputs = [log.read_text() for _, log in launched]
+    for (proc, _), out in zip(launched, outputs, strict=True):
+        assert proc.returncode == 0, out[-3000:]
+    return outputs
+
+
+def digest(output):
+    return re.findall(r"parameter digest ([0-9a-f]+)", output)[-1]
+
+
+def two_processes(workdir, *flags):
+    port = free_port()
+    return finish(*(launch(workdir, 2, *flags, process=i, port=port) for i in range(2)))
+
+
+def test_two_processes_match_one_and_each_other(tmp_path):
+    one = finish(launch(tmp_path / "one", 4))
+    two = two_processes(tmp_path / "two")
+    assert digest(two[0]) == digest(two[1])  # the two processes hold bitwise equal parameters
+    a, b = saved_state(tmp_path / "one", 6), saved_state(tmp_path / "two", 6)
+    for x, y in zip(jax_leaves(a["params"]), jax_leaves(b["params"]), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5)
+    losses = lambda w: [x["loss"] for x in metric_lines(w) if x["split"] == "train"]  # noqa: E731
+    np.testing.assert_allclose(losses(tmp_path / "one"), losses(tmp_path / "two"), rtol=1e-6)
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert summary["devices"] == 4 and summary["param_digest"] == digest(two[0])
+    assert "resnet20" in one[0]  # the single process trained the same model
+    # Only process 0 writes logs: one line per step, not two.
+    assert len(metric_lines(tmp_path / "two")) == len(metric_lines(tmp_path / "one"))
+
+
+def test_checkpoint_of_two_processes_restores_on_one(tmp_path):
+    two_processes(tmp_path / "w", "--config.stop_at_step=3")
+    out = finish(launch(tmp_path / "w", 4))[0]
+    assert "resuming at step 3" in out
+    finish(launch(tmp_path / "straight", 4))
+    a, b = saved_state(tmp_path / "straight", 6), saved_state(tmp_path / "w", 6)
+    for x, y in zip(jax_leaves(a), jax_leaves(b), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5)
+
+
+def jax_leaves(tree):
+    import jax
+
+    return jax.tree.leaves(tree)
