@@ -4,6 +4,7 @@
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -104,3 +105,44 @@ def jax_leaves(tree):
     import jax
 
     return jax.tree.leaves(tree)
+
+
+def wait_for_lines(workdir, count, procs, timeout=180):
+    metrics = workdir / "metrics.jsonl"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and all(p.poll() is None for p, _ in procs):
+        if metrics.exists() and metrics.read_text().count("\n") >= count:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"training did not log {count} lines in {timeout} s")
+
+
+def test_sigterm_to_one_process_makes_both_save_the_same_step(tmp_path):
+    port, long = free_port(), ["--config.num_steps=3000", "--config.checkpoint_every_steps=0"]
+    procs = [launch(tmp_path / "w", 2, *long, process=i, port=port) for i in range(2)]
+    wait_for_lines(tmp_path / "w", 3, procs)
+    procs[1][0].send_signal(signal.SIGTERM)
+    outputs = finish(*procs, timeout=120)  # both exit 0
+    summary = json.loads((tmp_path / "w" / "summary.json").read_text())
+    assert summary["status"] == "preempted" and summary["step"] < 3000
+    step = summary["step"]
+    assert sorted(int(p.name) for p in (tmp_path / "w" / "checkpoints").iterdir()) == [step]
+    assert all(f"saved step {step}" in out for out in outputs)
+    port, stop = free_port(), f"--config.stop_at_step={step + 2}"
+    again = finish(*(launch(tmp_path / "w", 2, *long, stop, process=i, port=port) for i in (0, 1)))
+    assert all(f"resuming at step {step}" in out for out in again)
+
+
+def test_a_dead_peer_does_not_leave_the_other_hanging(tmp_path):
+    port, long = free_port(), ["--config.num_steps=3000", "--config.checkpoint_every_steps=0"]
+    procs = [launch(tmp_path / "w", 2, *long, process=i, port=port) for i in range(2)]
+    try:
+        wait_for_lines(tmp_path / "w", 3, procs)
+        procs[1][0].send_signal(signal.SIGKILL)
+        start = time.monotonic()
+        procs[0][0].wait(timeout=120)  # heartbeat timeout 10 s: it must give up, not hang
+        assert procs[0][0].returncode != 0
+        assert time.monotonic() - start < 120
+    finally:
+        for proc, _ in procs:
+            proc.kill()
