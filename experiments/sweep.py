@@ -90,7 +90,7 @@ def tpu_commands(sweep: dict[str, Any], runs: Path) -> list[str]:
     out = []
     for member in sweep["members"]:
         argv = command(sweep, member, runs / member_name(member))[2:]
-        cmd = shlex.join(["python", "-m", *argv, "--config.distributed=True"])
+        cmd = shlex.join(["python", "-m", *argv, "--config.distributed.enabled=True"])
         out.append(
             'gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone="$ZONE" --worker=all '
             f"--command={shlex.quote(f'cd resflax && .venv/bin/{cmd}')}"

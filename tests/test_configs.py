@@ -125,3 +125,17 @@ def test_model_overrides_keep_registry_values_unless_set():
     config.model.scan = True
     model = create_model(config.model.name, **config_lib.model_overrides(config))
     assert model.scan is True and tuple(model.stage_sizes) == (3, 3, 3)
+
+
+def test_distributed_is_off_by_default_and_needs_all_three_addresses():
+    from resflax.train.distributed import initialize
+
+    config = load("digits")
+    assert initialize(config.distributed) is False
+    config.distributed.enabled = True
+    config.distributed.coordinator_address = "127.0.0.1:1234"
+    with pytest.raises(ValueError, match=r"missing; give all three"):
+        initialize(config.distributed)
+    config.distributed.num_processes, config.distributed.process_id = 2, 2
+    with pytest.raises(ValueError, match=r"process_id=2 is not in \[0, 2\)"):
+        initialize(config.distributed)
