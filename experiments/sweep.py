@@ -111,12 +111,12 @@ def read_member(workdir: Path) -> dict[str, Any] | None:
 
 
 def gmacs(result: dict[str, Any]) -> float:
-    from resflax.models import count_macs, create_model
+    from resflax.models import cost, create_model
 
     config, summary = result["config"], result["summary"]
     overrides = {k: v for k, v in config["model"].items() if k != "name" and v is not None}
     model = create_model(config["model"]["name"], num_classes=summary["num_classes"], **overrides)
-    return count_macs(model, (1, *summary["image_shape"])) / 1e9
+    return cost(model, (1, *summary["image_shape"])).macs / 1e9
 
 
 def collect(sweep: dict[str, Any], runs: Path, out: Path) -> str:
@@ -127,25 +127,28 @@ def collect(sweep: dict[str, Any], runs: Path, out: Path) -> str:
 
     out.mkdir(parents=True, exist_ok=True)
     paper = sweep.get("paper_error", {})
-    header = "| member | model | params | GMACs | best test error | final test error | "
-    header += f"{'paper' if paper else ''} | train time |"
-    rows = [header, "|---|---|---:|---:|---:|---:|---:|---:|"]
+    paper_head = " paper |" if paper else ""
+    header = f"| member | model | params | GMACs | best test error | final test error |{paper_head}"
+    rows = [
+        header + " train time |",
+        "|---|---|---:|---:|---:|---:|" + "---:|" * (2 if paper else 1),
+    ]
     points, curves = [], []
     for member in sweep["members"]:
         name = member_name(member)
         result = read_member(runs / name)
         if result is None:
-            rows.append(f"| {name} | (not run) | | | | | | |")
+            rows.append(f"| {name} | (not run) | | | | |{' |' if paper else ''} |")
             continue
         s = result["summary"]
         best = 100 * (1 - s["best_eval"]["top1"]) if s.get("best_eval") else float("nan")
         final = 100 * (1 - s["final_eval"]["top1"]) if s.get("final_eval") else float("nan")
         ref = paper.get(str(member.get("depth", "")), "")
         unfinished = "" if s["status"] == "finished" else f" ({s['status']})"
-        paper_cell = f"{ref:.2f}%" if ref != "" else ""
+        paper_cell = (f" {ref:.2f}% |" if ref != "" else " |") if paper else ""
         rows.append(
             f"| {name} | {s['model']} | {s['num_params']:,} | {gmacs(result):.4g} | {best:.2f}% | "
-            f"{final:.2f}% | {paper_cell} | {s['train_seconds']:.0f} s{unfinished} |"
+            f"{final:.2f}% |{paper_cell} {s['train_seconds']:.0f} s{unfinished} |"
         )
         depth = member.get("depth")
         if depth is not None and s.get("final_eval"):
@@ -179,6 +182,7 @@ def collect(sweep: dict[str, Any], runs: Path, out: Path) -> str:
             ax.plot(depths, [p[2] for p in points], "s--", label=source or "paper")
         ax.set(xlabel="depth (layers)", ylabel="test error (%)", xscale="log", xticks=depths)
         ax.set_xticklabels([str(d) for d in depths])
+        ax.minorticks_off()
         ax.legend()
         ax.grid(alpha=0.3)
         fig.tight_layout()
@@ -199,6 +203,8 @@ def collect(sweep: dict[str, Any], runs: Path, out: Path) -> str:
         ylabel="error (%)",
         title="thin: train, bold: test (He et al. Fig. 6 style)",
     )
+    # Errors span 50% to a fraction of 1%, and training error reaches 0: log above 0.1%.
+    ax.set_yscale("symlog", linthresh=0.1)
     ax.set_ylim(bottom=0)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
