@@ -16,8 +16,11 @@ Each member trains in its own workdir `<runs>/<sweep>/<member>`; a member whose 
 from __future__ import annotations
 
 import argparse
+import datetime
 import importlib.util
 import json
+import os
+import platform
 import shlex
 import subprocess
 import sys
@@ -133,13 +136,14 @@ def collect(sweep: dict[str, Any], runs: Path, out: Path) -> str:
         header + " train time |",
         "|---|---|---:|---:|---:|---:|" + "---:|" * (2 if paper else 1),
     ]
-    points, curves = [], []
+    points, curves, results = [], [], []
     for member in sweep["members"]:
         name = member_name(member)
         result = read_member(runs / name)
         if result is None:
             rows.append(f"| {name} | (not run) | | | | |{' |' if paper else ''} |")
             continue
+        results.append(result)
         s = result["summary"]
         best = 100 * (1 - s["best_eval"]["top1"]) if s.get("best_eval") else float("nan")
         final = 100 * (1 - s["final_eval"]["top1"]) if s.get("final_eval") else float("nan")
@@ -156,14 +160,29 @@ def collect(sweep: dict[str, Any], runs: Path, out: Path) -> str:
         curves.append((name, result["lines"]))
 
     source = sweep.get("paper_source", "")
+    counts = {
+        r["summary"]["final_eval"]["num_examples"]
+        for r in results
+        if r["summary"].get("final_eval")
+    }
+    resolution = (
+        f" One test example is {100 / min(counts):.2f}% of error: with one seed per member, "
+        "differences of a few examples are noise."
+        if counts
+        else ""
+    )
     table = "\n".join(
         [
             f"# Sweep `{sweep['name']}`",
             "",
             f"Config: `{sweep['config']}` with {sweep['members']}; flags {sweep.get('flags', [])}. "
             "Errors are 100% − top-1 on the whole test split; GMACs per image at the trained "
-            "resolution (exact, from the jaxpr)." + (f" Paper column: {source}." if source else ""),
-            f"Made by `python -m experiments.sweep --sweep experiments/sweeps/{sweep['name']}.py`.",
+            "resolution (exact, from the jaxpr)."
+            + (f" Paper column: {source}." if source else "")
+            + resolution,
+            f"Made by `python -m experiments.sweep --sweep experiments/sweeps/{sweep['name']}.py` "
+            f"on {datetime.date.today()}, {platform.machine()} with {os.cpu_count()} CPUs "
+            f"(train times are from the members' summaries).",
             "",
             *rows,
             "",
