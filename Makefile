@@ -12,7 +12,7 @@ FLAGS   ?=
 SWEEP    ?= experiments/sweeps/digits_depths.py
 LAUNCHER ?= local
 
-.PHONY: install train sweep test lint zoo bench-compile bench-input clean
+.PHONY: install install-convert train sweep test lint zoo bench-compile bench-input clean
 
 install: $(STAMP)
 
@@ -21,6 +21,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
+
+# torch, torchvision and timm for the weight-conversion tests (several GB; CI installs them).
+install-convert: .venv/.installed-convert
+
+.venv/.installed-convert: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[test,convert]'
+	touch $@
 
 train: $(STAMP)
 	$(PY) -m resflax.main --config=$(CONFIG) --workdir=$(WORKDIR) $(FLAGS)

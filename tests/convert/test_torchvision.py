@@ -1,0 +1,158 @@
+"""torchvision weights in resflax: for every torchvision ResNet, random weights with randomised
+BatchNorm statistics (defaults would make BatchNorm an identity and hide mapping mistakes) go
+through a .safetensors file into resflax, and logits and every stage's features agree."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+try:
+    import torch
+    import torchvision
+    from safetensors.torch import save_file
+except ImportError:
+    if os.environ.get("CI") == "true":
+        raise  # CI installs the convert extra: a missing torch there is a failure
+    pytest.skip(
+        "torch/torchvision not installed (pip install -e '.[convert]')", allow_module_level=True
+    )
+
+import resflax
+from resflax.convert import export_torchvision, import_torchvision, read_state_dict
+
+FAST = ["resnet18", "resnet50", "resnext50_32x4d", "wide_resnet50_2"]
+SLOW = ["resnet34", "resnet101", "resnet152", "resnext101_32x8d", "wide_resnet101_2"]
+SIZE = 64  # every stage still sees >= 2x2 pixels; the weights do not depend on it
+
+
+def reference(name, seed=0):
+    torch.manual_seed(seed)
+    model = getattr(torchvision.models, name)(weights=None)
+    generator = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5, generator=generator)
+                m.bias.normal_(0.0, 0.2, generator=generator)
+                m.running_mean.normal_(0.0, 0.2, generator=generator)
+                m.running_var.uniform_(0.5, 1.5, generator=generator)
+    return model.eval()
+
+
+def torch_features(model, x):
+    """Logits and the outputs of the stem (after max-pool), each layer and the pooling."""
+    out = {}
+    with torch.no_grad():
+        h = model.maxpool(model.relu(model.bn1(model.conv1(x))))
+        out["stem"] = h
+        for i in range(1, 5):
+            h = getattr(model, f"layer{i}")(h)
+            out[f"stage{i}"] = h
+        out["pre_logits"] = torch.flatten(model.avgpool(h), 1)
+        logits = model.fc(out["pre_logits"])
+    return logits.numpy(), {k: v.numpy() for k, v in out.items()}
+
+
+def abstract(model):
+    return jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 3)))
+
+
+def check_parity(name, tmp_path):
+    ref = reference(name)
+    save_file(ref.state_dict(), str(tmp_path / f"{name}.safetensors"))
+    state = read_state_dict(tmp_path / f"{name}.safetensors")
+    model = resflax.create_model(name)
+    variables = import_torchvision(state, abstract(model))
+    x = np.random.default_rng(0).standard_normal((2, SIZE, SIZE, 3)).astype(np.float32)
+    logits, feats = model.apply(variables, x, return_features=True)
+    want_logits, want = torch_features(ref, torch.from_numpy(x.transpose(0, 3, 1, 2)))
+    pairs = [("logits", np.asarray(logits), want_logits)]
+    for key, value in want.items():
+        got = np.asarray(feats[key])
+        pairs.append((key, got if got.ndim == 2 else got.transpose(0, 3, 1, 2), value))
+    for key, got, expected in pairs:
+        scale = np.abs(expected).max()
+        assert np.abs(got - expected).max() <= 1e-4 * scale, (name, key)
+    return ref, state, variables
+
+
+@pytest.mark.parametrize("name", FAST)
+def test_logits_and_features_match_torchvision(name, tmp_path):
+    check_parity(name, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SLOW)
+def test_logits_and_features_match_torchvision_deep(name, tmp_path):
+    check_parity(name, tmp_path)
+
+
+def test_export_round_trip_is_exact_and_loads_in_torchvision(tmp_path):
+    ref, state, variables = check_parity("resnet18", tmp_path)
+    exported = export_torchvision(variables)
+    assert set(exported) == set(ref.state_dict())
+    for key, value in state.items():
+        np.testing.assert_array_equal(exported[key], value)
+    again = import_torchvision(exported, abstract(resflax.create_model("resnet18")))
+    for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(variables), strict=True):
+        np.testing.assert_array_equal(a, b)
+    fresh = torchvision.models.resnet18(weights=None)
+    fresh.load_state_dict({k: torch.from_numpy(v) for k, v in exported.items()}, strict=True)
+
+
+def test_missing_unexpected_and_misshapen_keys_are_listed():
+    state = {k: v.numpy() for k, v in reference("resnet18").state_dict().items()}
+    target = abstract(resflax.create_model("resnet18"))
+    broken = dict(state)
+    del broken["layer1.0.conv1.weight"]
+    broken["layer9.0.conv1.weight"] = np.zeros(1, np.float32)
+    with pytest.raises(ValueError) as info:
+        import_torchvision(broken, target)
+    message = str(info.value)
+    assert "missing 1: ['layer1.0.conv1.weight']" in message
+    assert "unexpected 1: ['layer9.0.conv1.weight']" in message
+    wrong = dict(state, **{"fc.weight": np.zeros((10, 512), np.float32)})
+    with pytest.raises(ValueError, match=r"shape mismatches 1: \['fc.weight: \(10, 512\)"):
+        import_torchvision(wrong, target)
+
+
+def test_a_new_head_is_kept_when_fc_is_skipped():
+    state = {k: v.numpy() for k, v in reference("resnet18").state_dict().items()}
+    model = resflax.create_model("resnet18", num_classes=7)
+    own = model.init(jax.random.key(3), jnp.zeros((1, SIZE, SIZE, 3)))
+    with pytest.raises(ValueError, match="shape mismatches 2"):
+        import_torchvision(state, own)
+    variables = import_torchvision(state, own, skip=("fc",))
+    np.testing.assert_array_equal(
+        variables["params"]["head"]["fc"]["kernel"], own["params"]["head"]["fc"]["kernel"]
+    )
+    np.testing.assert_array_equal(
+        variables["params"]["stem"]["conv"]["kernel"], state["conv1.weight"].transpose(2, 3, 1, 0)
+    )
+
+
+class Payload:
+    """Something that is not a tensor: pickling it is what weights_only refuses."""
+
+
+def test_pickled_objects_and_non_tensors_are_refused(tmp_path):
+    torch.save({"w": torch.zeros(2), "obj": Payload()}, tmp_path / "evil.pth")
+    with pytest.raises(ValueError, match=r"evil\.pth: refused by torch\.load\(weights_only=True\)"):
+        read_state_dict(tmp_path / "evil.pth")
+    torch.save({"w": torch.zeros(2), "epoch": 3}, tmp_path / "mixed.pth")
+    with pytest.raises(ValueError, match=r"entries that are not tensors: \['epoch'\]"):
+        read_state_dict(tmp_path / "mixed.pth")
+    torch.save({"state_dict": {"w": torch.ones(2)}}, tmp_path / "wrapped.pth")
+    np.testing.assert_array_equal(read_state_dict(tmp_path / "wrapped.pth")["w"], np.ones(2))
+    with pytest.raises(ValueError, match="unknown format"):
+        (tmp_path / "w.npz").write_bytes(b"")
+        read_state_dict(tmp_path / "w.npz")
+
+
+def test_models_torchvision_lacks_are_refused():
+    target = abstract(resflax.create_model("seresnet50"))
+    with pytest.raises(ValueError, match="has no torchvision counterpart"):
+        import_torchvision({}, target)
