@@ -12,7 +12,11 @@ FLAGS   ?=
 SWEEP    ?= experiments/sweeps/digits_depths.py
 LAUNCHER ?= local
 
-.PHONY: install install-convert train sweep test lint zoo bench-compile bench-input clean
+# make finetune MODEL=resnet50 SRC=resnet50-0676ba61.pth [FLAGS="--config.data.name=..."]
+MODEL ?= resnet50
+SRC   ?=
+
+.PHONY: install install-convert train finetune sweep test lint zoo bench-compile bench-input clean
 
 install: $(STAMP)
 
@@ -31,6 +35,13 @@ install-convert: .venv/.installed-convert
 
 train: $(STAMP)
 	$(PY) -m resflax.main --config=$(CONFIG) --workdir=$(WORKDIR) $(FLAGS)
+
+finetune: $(STAMP)
+	@test -n "$(SRC)" || { echo "make finetune: give SRC=<torchvision .pth or .safetensors>"; exit 1; }
+	test -d runs/pretrained/$(MODEL) || \
+	  $(PY) -m resflax.convert --model $(MODEL) --src $(SRC) --dst runs/pretrained/$(MODEL)
+	$(PY) -m resflax.main --config=experiments/configs/finetune.py:$(MODEL) \
+	  --workdir=runs/finetune_$(MODEL) --config.init_from=runs/pretrained/$(MODEL) $(FLAGS)
 
 sweep: $(STAMP)
 	$(PY) -m experiments.sweep --sweep $(SWEEP) --launcher $(LAUNCHER)

@@ -18,6 +18,7 @@ ARGS = {
     "imagenet": [None, "18", "152", "resnext50_32x4d", "blog_resnet"],
     "fake_data": [None, "resnet18", "resnet56"],
     "imagenette": [None, "18", "resnet50d"],
+    "finetune": [None, "resnet18"],
 }
 
 

@@ -11,6 +11,9 @@ from ml_collections.config_dict import placeholder
 def get_config() -> config_dict.ConfigDict:
     c = config_dict.ConfigDict()
     c.seed = 0
+    # A `python -m resflax.convert` output directory to start from (fresh runs only; a resumed
+    # run continues from its own checkpoint). A classifier of another class count starts fresh.
+    c.init_from = placeholder(str)
     # threefry2x32: JAX's default, the same bits on any number of devices. rbg compiles the
     # initialisation several times faster (5.3 s -> 1.0 s for a small ResNet on CPU) but its
     # bits may depend on the backend and the sharding.

@@ -28,6 +28,7 @@ from resflax.data.prefetch import Prefetch
 from resflax.data.sources import make_source
 from resflax.models.registry import create_model
 from resflax.train import config as config_lib
+from resflax.train import pretrained
 from resflax.train import step as step_lib
 from resflax.train.checkpoint import Checkpointer
 from resflax.train.losses import averages
@@ -173,6 +174,12 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
         state = parallel.replicate(single)
         data.train.restore(saved["data"])
         loop.update(saved["loop"])
+    elif config.init_from:
+        variables, meta = pretrained.load(config.init_from)
+        state = parallel.replicate(
+            pretrained.merge(parallel.unreplicate(state), variables, config.model.name, meta)
+        )
+        logging.info("initialised from %s (%s)", config.init_from, meta["source"])
     start = int(jax.device_get(parallel.unreplicate(state).step))
     if start > steps.total:
         raise ValueError(

@@ -1,0 +1,30 @@
+"""Fine-tune converted ImageNet weights (`python -m resflax.convert`) on a new data set: the
+whole network from `init_from`, a fresh classifier for the new classes. Defaults: Imagenette,
+10 epochs, SGD momentum 0.9, lr 0.01 × batch/256 cosine with 1 warmup epoch, wd 1e-4, label
+smoothing 0.1. Any other data set: --config.data.name=image_folder --config.data.folder=...
+
+    make finetune MODEL=resnet50 SRC=resnet50-0676ba61.pth
+    python -m resflax.main --config=experiments/configs/finetune.py:resnet50 \
+        --workdir=runs/ft50 --config.init_from=pretrained/resnet50
+"""
+
+from experiments.configs import imagenet
+
+
+def get_config(model: str = "resnet50"):
+    c = imagenet.get_config(model)
+    c.data.name = "imagenette"
+    c.batch_size = 64
+    c.num_epochs = 10.0
+    c.optimizer.learning_rate = 0.01
+    c.optimizer.reference_batch = 256
+    c.optimizer.weight_decay = 1e-4
+    c.schedule.name = "cosine"
+    c.schedule.unit = "epochs"
+    c.schedule.warmup = 1.0
+    c.schedule.boundaries = ()
+    c.label_smoothing = 0.1
+    c.log_every_steps = 20
+    c.eval_every_steps = 500
+    c.checkpoint_every_steps = 500
+    return c
