@@ -1,10 +1,16 @@
-"""torchvision ResNet / ResNeXt / Wide ResNet state dicts <-> resflax variables.
+"""torchvision ResNet / ResNeXt / Wide ResNet (and timm's ResNet-C/D and SE-ResNet, which share
+torchvision's names) state dicts <-> resflax variables.
 
 The name table is derived from resflax's stable submodule names: `stem/conv` <-> `conv1`,
 `stem/norm` <-> `bn1`, `stage{i}/block{j}/conv{k}` <-> `layer{i}.{j}.conv{k}`, `norm{k}` <->
 `bn{k}`, `proj_conv`/`proj_norm` <-> `downsample.0`/`downsample.1`, `head/fc` <-> `fc`.
-Layouts: conv OIHW <-> HWIO (transpose 2, 3, 1, 0), dense (out, in) <-> (in, out); BatchNorm
-weight/bias <-> scale/bias, running_mean/var <-> mean/var. Every tensor's shape is checked.
+timm's additions: the deep stem `stem/conv{1,2,3}`, `stem/norm{1,2}` <-> `conv1.{0,3,6}`,
+`conv1.{1,4}` with `stem/norm3` <-> `bn1`; average-pool shortcuts (ResNet-D) put their conv and
+norm at `downsample.1`/`.2` (`.0` is the pooling); squeeze-excitation `se/fc{1,2}` <-> `se.fc{1,2}`
+(1x1 convolutions with bias there, dense layers here).
+Layouts: conv OIHW <-> HWIO (transpose 2, 3, 1, 0), dense (out, in) <-> (in, out), 1x1 conv
+(out, in, 1, 1) <-> dense (in, out); BatchNorm weight/bias <-> scale/bias, running_mean/var <->
+mean/var. Every tensor's shape is checked.
 """
 
 from __future__ import annotations
@@ -20,16 +26,28 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 _NORM = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
 _BLOCK = re.compile(r"stage(\d+)/block(\d+)/(conv|norm)(\d+)$")
 _PROJ = re.compile(r"stage(\d+)/block(\d+)/proj_(conv|norm)$")
+_SE = re.compile(r"stage(\d+)/block(\d+)/se/(fc\d)$")
+_DEEP_STEM = {
+    "stem/conv1": ("conv1.0", "conv"), "stem/norm1": ("conv1.1", "norm"),
+    "stem/conv2": ("conv1.3", "conv"), "stem/norm2": ("conv1.4", "norm"),
+    "stem/conv3": ("conv1.6", "conv"), "stem/norm3": ("bn1", "norm"),
+}  # fmt: skip
 
 
-def torchvision_key(path: tuple[str, ...]) -> str:
-    """resflax variable path (module path + leaf) -> torchvision state-dict key."""
+def torchvision_key(path: tuple[str, ...], avg_down: bool = False) -> str:
+    """resflax variable path (module path + leaf) -> torchvision/timm state-dict key.
+    `avg_down`: the model's shortcuts pool first (ResNet-D), shifting their indices by one."""
     *module, leaf = path
     where = "/".join(module)
     if where == "stem/conv":
         base, kind = "conv1", "conv"
     elif where == "stem/norm":
         base, kind = "bn1", "norm"
+    elif where in _DEEP_STEM:
+        base, kind = _DEEP_STEM[where]
+    elif m := _SE.match(where):
+        stage, block, fc = m.groups()
+        return f"layer{stage}.{block}.se.{fc}.{'weight' if leaf == 'kernel' else 'bias'}"
     elif where == "head/fc":
         return f"fc.{'weight' if leaf == 'kernel' else 'bias'}"
     elif m := _BLOCK.match(where):
@@ -37,16 +55,18 @@ def torchvision_key(path: tuple[str, ...]) -> str:
         base = f"layer{stage}.{block}.{'conv' if kind == 'conv' else 'bn'}{k}"
     elif m := _PROJ.match(where):
         stage, block, kind = m.groups()
-        base = f"layer{stage}.{block}.downsample.{0 if kind == 'conv' else 1}"
+        base = f"layer{stage}.{block}.downsample.{(0 if kind == 'conv' else 1) + avg_down}"
     else:
         raise ValueError(
-            f"resflax variable {'/'.join(path)!r} has no torchvision counterpart (torchvision "
-            "ResNets have no SE, deep stem, pre-activation, or scanned stages)"
+            f"resflax variable {'/'.join(path)!r} has no torchvision/timm counterpart (the "
+            "pre-activation and scanned forms are not in this layout)"
         )
     return f"{base}.weight" if kind == "conv" else f"{base}.{_NORM[leaf]}"
 
 
-def _to_flax(path: tuple[str, ...], value: np.ndarray) -> np.ndarray:
+def _to_flax(path: tuple[str, ...], value: np.ndarray, ndim: int) -> np.ndarray:
+    if path[-1] == "kernel" and value.ndim == 4 and ndim == 2 and value.shape[2:] == (1, 1):
+        return np.transpose(value[:, :, 0, 0])  # 1x1 conv (out, in, 1, 1) -> dense (in, out)
     if path[-1] == "kernel" and value.ndim == 4:
         return np.transpose(value, (2, 3, 1, 0))  # OIHW -> HWIO
     if path[-1] == "kernel" and value.ndim == 2:
@@ -55,6 +75,8 @@ def _to_flax(path: tuple[str, ...], value: np.ndarray) -> np.ndarray:
 
 
 def _to_torch(path: tuple[str, ...], value: np.ndarray) -> np.ndarray:
+    if path[-1] == "kernel" and value.ndim == 2 and "se" in path:
+        return np.transpose(value)[:, :, None, None]  # dense -> timm's 1x1 conv
     if path[-1] == "kernel" and value.ndim == 4:
         return np.transpose(value, (3, 2, 0, 1))  # HWIO -> OIHW
     if path[-1] == "kernel" and value.ndim == 2:
@@ -80,10 +102,12 @@ def import_torchvision(
     skip = tuple(skip)
     skipped = lambda key: any(key == s or key.startswith(s + ".") for s in skip)  # noqa: E731
     flat = _flat_variables(target)
+    # ResNet-D shortcuts (avg-pool, then conv + norm) shift the downsample indices by one.
+    avg_down = any(k.endswith("downsample.2.weight") for k in state_dict)
     out: dict[tuple[str, ...], Any] = {}
     used, missing, shapes = set(), [], []
     for full, like in flat.items():
-        key = torchvision_key(full[1:])
+        key = torchvision_key(full[1:], avg_down)
         if skipped(key):
             if isinstance(like, jax.ShapeDtypeStruct):
                 raise ValueError(f"skipped key {key!r} needs a concrete target to keep")
@@ -92,7 +116,7 @@ def import_torchvision(
         if key not in state_dict:
             missing.append(key)
             continue
-        value = _to_flax(full, np.asarray(state_dict[key]))
+        value = _to_flax(full, np.asarray(state_dict[key]), len(like.shape))
         if tuple(value.shape) != tuple(like.shape):
             shapes.append(
                 f"{key}: {tuple(state_dict[key].shape)} -> {value.shape}, want {like.shape}"
@@ -119,12 +143,13 @@ def import_torchvision(
     return {c: nested[c] for c in ("params", "batch_stats") if c in nested}
 
 
-def export_torchvision(variables: Any) -> dict[str, np.ndarray]:
-    """The inverse: a state dict `torchvision.models.<name>().load_state_dict` accepts
-    (num_batches_tracked included, as 0)."""
+def export_torchvision(variables: Any, *, avg_down: bool = False) -> dict[str, np.ndarray]:
+    """The inverse: a state dict `torchvision.models.<name>()` (or timm's model, with
+    `avg_down=True` for ResNet-D shortcuts) loads strictly (num_batches_tracked included, 0)."""
     state: dict[str, np.ndarray] = {}
-    for full, value in _flat_variables(variables).items():
-        key = torchvision_key(full[1:])
+    flat = _flat_variables(variables)
+    for full, value in flat.items():
+        key = torchvision_key(full[1:], avg_down)
         state[key] = np.ascontiguousarray(_to_torch(full, np.asarray(value)))
         if key.endswith(".running_var"):
             state[key.replace("running_var", "num_batches_tracked")] = np.array(0, np.int64)

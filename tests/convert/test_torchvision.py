@@ -1,4 +1,5 @@
-"""torchvision weights in resflax: for every torchvision ResNet, random weights with randomised
+"""torchvision and timm weights in resflax: for every torchvision ResNet and timm's ResNet-C/D
+and SE-ResNet-50, random weights with randomised
 BatchNorm statistics (defaults would make BatchNorm an identity and hide mapping mistakes) go
 through a .safetensors file into resflax, and logits and every stage's features agree."""
 
@@ -28,9 +29,14 @@ SLOW = ["resnet34", "resnet101", "resnet152", "resnext101_32x8d", "wide_resnet10
 SIZE = 64  # every stage still sees >= 2x2 pixels; the weights do not depend on it
 
 
-def reference(name, seed=0):
+def reference(name, seed=0, library="torchvision"):
     torch.manual_seed(seed)
-    model = getattr(torchvision.models, name)(weights=None)
+    if library == "timm":
+        import timm
+
+        model = timm.create_model(name, pretrained=False)
+    else:
+        model = getattr(torchvision.models, name)(weights=None)
     generator = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for m in model.modules():
@@ -45,13 +51,15 @@ def reference(name, seed=0):
 def torch_features(model, x):
     """Logits and the outputs of the stem (after max-pool), each layer and the pooling."""
     out = {}
+    act = model.act1 if hasattr(model, "act1") else model.relu  # timm names it act1
+    pool = model.global_pool if hasattr(model, "global_pool") else model.avgpool
     with torch.no_grad():
-        h = model.maxpool(model.relu(model.bn1(model.conv1(x))))
+        h = model.maxpool(act(model.bn1(model.conv1(x))))
         out["stem"] = h
         for i in range(1, 5):
             h = getattr(model, f"layer{i}")(h)
             out[f"stage{i}"] = h
-        out["pre_logits"] = torch.flatten(model.avgpool(h), 1)
+        out["pre_logits"] = torch.flatten(pool(h), 1)
         logits = model.fc(out["pre_logits"])
     return logits.numpy(), {k: v.numpy() for k, v in out.items()}
 
@@ -60,8 +68,8 @@ def abstract(model):
     return jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 3)))
 
 
-def check_parity(name, tmp_path):
-    ref = reference(name)
+def check_parity(name, tmp_path, library="torchvision"):
+    ref = reference(name, library=library)
     save_file(ref.state_dict(), str(tmp_path / f"{name}.safetensors"))
     state = read_state_dict(tmp_path / f"{name}.safetensors")
     model = resflax.create_model(name)
@@ -88,6 +96,24 @@ def test_logits_and_features_match_torchvision(name, tmp_path):
 @pytest.mark.parametrize("name", SLOW)
 def test_logits_and_features_match_torchvision_deep(name, tmp_path):
     check_parity(name, tmp_path)
+
+
+@pytest.mark.parametrize("name", ["resnet50c", "resnet50d", "seresnet50"])
+def test_logits_and_features_match_timm(name, tmp_path):
+    check_parity(name, tmp_path, library="timm")
+
+
+@pytest.mark.slow
+def test_logits_and_features_match_timm_resnet101d(tmp_path):
+    check_parity("resnet101d", tmp_path, library="timm")
+
+
+def test_timm_resnet_d_round_trip_is_exact(tmp_path):
+    ref, state, variables = check_parity("resnet50d", tmp_path, library="timm")
+    exported = export_torchvision(variables, avg_down=True)
+    assert set(exported) == set(ref.state_dict())
+    for key, value in state.items():
+        np.testing.assert_array_equal(exported[key], value)
 
 
 def test_export_round_trip_is_exact_and_loads_in_torchvision(tmp_path):
@@ -152,7 +178,7 @@ def test_pickled_objects_and_non_tensors_are_refused(tmp_path):
         read_state_dict(tmp_path / "w.npz")
 
 
-def test_models_torchvision_lacks_are_refused():
-    target = abstract(resflax.create_model("seresnet50"))
-    with pytest.raises(ValueError, match="has no torchvision counterpart"):
+def test_forms_outside_this_layout_are_refused():
+    target = abstract(resflax.create_model("preact_resnet50"))
+    with pytest.raises(ValueError, match="has no torchvision/timm counterpart"):
         import_torchvision({}, target)
