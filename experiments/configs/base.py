@@ -33,6 +33,7 @@ def get_config() -> config_dict.ConfigDict:
             drop_path_rate=placeholder(float),
             dropout_rate=placeholder(float),
             bn_momentum=placeholder(float),
+            bn_running_var=placeholder(str),  # "unbiased": torch's running-variance update
             conv_grad=placeholder(str),
         )
     )

@@ -14,6 +14,7 @@ from experiments.configs import imagenet
 def get_config(model: str = "resnet50"):
     c = imagenet.get_config(model)
     c.data.name = "imagenette"
+    c.model.bn_running_var = "unbiased"  # keep updating the statistics as torch trained them
     c.batch_size = 64
     c.num_epochs = 10.0
     c.optimizer.learning_rate = 0.01

@@ -32,6 +32,8 @@ class ResNet(nn.Module):
         stay float32 and logits are returned in float32.
     norm / axis_name: "batch" (synchronised over `axis_name` under pmap; leave None under jit
         with sharded arrays, where the batch mean is already global) or "group".
+    bn_running_var: "biased" (Flax) or "unbiased" (torch: the running variance tracks the
+        unbiased batch variance; use it to continue training converted torch weights exactly).
     scan / scan_unroll / remat / remat_policy: see `Stage`.
     conv_grad: "lax", "canonical" (see `layers.conv_canonical_grad`) or "auto": canonical
         for scanned models on CPU, lax otherwise. Numerically the same function.
@@ -59,6 +61,7 @@ class ResNet(nn.Module):
     norm_groups: int = 32
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
+    bn_running_var: str = "biased"
     axis_name: str | None = None
     dtype: Any = jnp.float32
     scan: bool = False
@@ -110,6 +113,7 @@ class ResNet(nn.Module):
         norm = make_norm(
             self.norm, train=train, dtype=dtype, axis_name=self.axis_name,
             momentum=self.bn_momentum, epsilon=self.bn_epsilon, groups=self.norm_groups,
+            running_var=self.bn_running_var,
         )  # fmt: skip
         block = partial(
             get_block(self.block, self.preact), conv=conv, norm=norm, act=act,

@@ -182,3 +182,37 @@ def test_forms_outside_this_layout_are_refused():
     target = abstract(resflax.create_model("preact_resnet50"))
     with pytest.raises(ValueError, match="has no torchvision/timm counterpart"):
         import_torchvision({}, target)
+
+
+def test_train_mode_batchnorm_matches_torch_with_unbiased_running_variance():
+    """Batch statistics normalise in train mode on both sides; torch momentum 0.1 is Flax
+    momentum 0.9; torch updates the running variance with the unbiased batch variance, which
+    `bn_running_var="unbiased"` reproduces (Flax's default uses the biased one)."""
+    ref = reference("resnet18").train()
+    state = {k: v.numpy().copy() for k, v in ref.state_dict().items()}
+    x = np.random.default_rng(0).standard_normal((4, SIZE, SIZE, 3)).astype(np.float32)
+    with torch.no_grad():
+        want_logits = ref(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
+    want = {k: v.numpy() for k, v in ref.state_dict().items()}
+    worst = {}
+    for running_var in ("unbiased", "biased"):
+        model = resflax.create_model("resnet18", bn_running_var=running_var)
+        variables = import_torchvision(state, abstract(model))
+        logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+        scale = np.abs(want_logits).max()
+        assert np.abs(np.asarray(logits) - want_logits).max() <= 1e-4 * scale
+        got = export_torchvision({"params": variables["params"], **updates})
+        stats = [k for k in want if k.endswith(("running_mean", "running_var"))]
+        worst[running_var] = max(
+            np.abs(got[k] - want[k]).max() / np.abs(want[k]).max() for k in stats
+        )
+    assert worst["unbiased"] <= 1e-5
+    assert worst["biased"] > 1e-3  # layer4 reduces over 4 x 2 x 2 values: n/(n-1) = 16/15
+
+
+def test_bad_running_variance_mode_is_named():
+    model = resflax.create_model("resnet18", bn_running_var="sample")
+    with pytest.raises(
+        ValueError, match=r"bn_running_var='sample' is not one of \('biased', 'unbiased'\)"
+    ):
+        model.init(jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 3)))
