@@ -8,6 +8,18 @@ from ml_collections import config_dict
 from ml_collections.config_dict import placeholder
 
 
+def pick_model(arg: str, depths, names, family: str) -> str:
+    """A recipe's argument: a depth from its table ('56' -> 'resnet56') or a model name from
+    `names`; anything else is refused with the valid choices."""
+    name = f"resnet{arg}" if arg.isdigit() else arg
+    if (arg.isdigit() and int(arg) not in depths) or name not in names:
+        raise ValueError(
+            f"{family} model {arg!r} is not in the table; valid depths: "
+            f"{', '.join(map(str, depths))}, or one of the {family} models: {', '.join(names)}"
+        )
+    return name
+
+
 def get_config() -> config_dict.ConfigDict:
     c = config_dict.ConfigDict()
     c.seed = 0

@@ -26,13 +26,7 @@ WARMUP_MODELS = ("resnet110", "resnet1202", "preact_resnet1001")
 def cifar_model(arg: str) -> str:
     """'56' or 'resnet56' -> 'resnet56'; refuses depths outside the table and non-CIFAR models."""
     cifar = [n for n in list_models() if get_entry(n).config.get("stem") == "cifar"]
-    name = f"resnet{arg}" if arg.isdigit() else arg
-    if (arg.isdigit() and int(arg) not in DEPTHS) or name not in cifar:
-        raise ValueError(
-            f"CIFAR model {arg!r} is not in the table; valid depths: "
-            f"{', '.join(map(str, DEPTHS))}, or a CIFAR model: {', '.join(cifar)}"
-        )
-    return name
+    return base.pick_model(arg, DEPTHS, cifar, "CIFAR")
 
 
 def get_config(model: str = "resnet56"):

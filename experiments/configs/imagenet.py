@@ -16,13 +16,7 @@ from resflax.models.registry import STAGES, get_entry, list_models
 def imagenet_model(arg: str) -> str:
     names = [n for n in list_models() if get_entry(n).config.get("stem") != "cifar"]
     names = [n for n in names if n != "blog_resnet"] + ["blog_resnet"]
-    name = f"resnet{arg}" if arg.isdigit() else arg
-    if (arg.isdigit() and int(arg) not in STAGES) or name not in names:
-        raise ValueError(
-            f"ImageNet model {arg!r} is not in the table; valid depths: "
-            f"{', '.join(map(str, STAGES))}, or a model: {', '.join(names)}"
-        )
-    return name
+    return base.pick_model(arg, tuple(STAGES), names, "ImageNet")
 
 
 def get_config(model: str = "resnet50"):

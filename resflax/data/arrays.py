@@ -11,7 +11,29 @@ import numpy as np
 Batch = dict[str, np.ndarray]
 
 
-class ArrayIterator(Iterator[Batch]):
+class EpochPosition:
+    """A training iterator's place as (epoch, batch index within it): two integers that a
+    checkpoint stores and `restore` checks against `steps_per_epoch`."""
+
+    epoch: int = 0
+    index: int = 0
+    steps_per_epoch: int
+
+    def position(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "index": self.index}
+
+    def restore(self, position: dict[str, Any]) -> None:
+        epoch, index = int(position["epoch"]), int(position["index"])
+        if epoch < 0 or not 0 <= index <= self.steps_per_epoch:
+            raise ValueError(f"position {position} is outside this data set")
+        self.epoch, self.index = epoch, index
+        self._restored()
+
+    def _restored(self) -> None:
+        """Hook for iterators that must rebuild state after a restore."""
+
+
+class ArrayIterator(EpochPosition, Iterator[Batch]):
     """Yields batches of `batch_size` (this process's share of the global batch).
 
     train (`shuffle=True`): endless epochs, each a permutation drawn from (seed, epoch); the last
@@ -53,15 +75,6 @@ class ArrayIterator(Iterator[Batch]):
     def steps_per_epoch(self) -> int:
         n = len(self.images)
         return n // self.global_batch if self.shuffle else -(-n // self.global_batch)
-
-    def position(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "index": self.index}
-
-    def restore(self, position: dict[str, Any]) -> None:
-        epoch, index = int(position["epoch"]), int(position["index"])
-        if epoch < 0 or not 0 <= index <= self.steps_per_epoch:
-            raise ValueError(f"position {position} is outside this data set")
-        self.epoch, self.index = epoch, index
 
     def _order(self) -> np.ndarray:
         if not self.shuffle:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from resflax.data import preprocess
+from resflax.data.arrays import EpochPosition
 
 # name -> (tfds name, train split, eval split, preprocessing kind, image size)
 DATASETS = {
@@ -140,7 +141,7 @@ def _subsplits(builder: Any) -> bool:
     return not isinstance(builder, tfds.ImageFolder)
 
 
-class TfdsIterator(Iterator[dict[str, np.ndarray]]):
+class TfdsIterator(EpochPosition, Iterator[dict[str, np.ndarray]]):
     """Training batches (this process's share), endless, resumable at (epoch, index)."""
 
     def __init__(
@@ -154,14 +155,8 @@ class TfdsIterator(Iterator[dict[str, np.ndarray]]):
         self._iterator: Iterator[Any] | None = None
         self._cached: Any = None
 
-    def position(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "index": self.index}
-
-    def restore(self, position: dict[str, Any]) -> None:
-        epoch, index = int(position["epoch"]), int(position["index"])
-        if epoch < 0 or not 0 <= index <= self.steps_per_epoch:
-            raise ValueError(f"position {position} is outside this data set")
-        self.epoch, self.index, self._iterator = epoch, index, None
+    def _restored(self) -> None:
+        self._iterator = None  # the next batch rebuilds the epoch's pipeline at the position
 
     def _records(self, epoch_seed: int) -> Any:
         import tensorflow_datasets as tfds
