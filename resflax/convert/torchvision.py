@@ -34,11 +34,32 @@ _DEEP_STEM = {
 }  # fmt: skip
 
 
-def torchvision_key(path: tuple[str, ...], avg_down: bool = False) -> str:
+def _v2_key(where: str, leaf: str) -> str:
+    """timm's pre-activation `resnetv2_*` names."""
+    norm_leaf = _NORM.get(leaf, leaf)
+    if where == "stem/conv":
+        return "stem.conv.weight"
+    if where == "final_norm":
+        return f"norm.{norm_leaf}"
+    if where == "head/fc":
+        return f"head.fc.{'weight' if leaf == 'kernel' else 'bias'}"
+    if m := _BLOCK.match(where):
+        stage, block, kind, k = m.groups()
+        tail = "weight" if kind == "conv" else norm_leaf
+        return f"stages.{int(stage) - 1}.blocks.{block}.{kind}{k}.{tail}"
+    if (m := _PROJ.match(where)) and m.group(3) == "conv":
+        return f"stages.{int(m.group(1)) - 1}.blocks.{m.group(2)}.downsample.conv.weight"
+    raise ValueError(f"resflax variable {where}/{leaf} has no timm resnetv2 counterpart")
+
+
+def torchvision_key(path: tuple[str, ...], avg_down: bool = False, v2: bool = False) -> str:
     """resflax variable path (module path + leaf) -> torchvision/timm state-dict key.
-    `avg_down`: the model's shortcuts pool first (ResNet-D), shifting their indices by one."""
+    `avg_down`: the model's shortcuts pool first (ResNet-D), shifting their indices by one.
+    `v2`: timm's pre-activation layout (`stem.conv`, `stages.I.blocks.J`, `norm`, `head.fc`)."""
     *module, leaf = path
     where = "/".join(module)
+    if v2:
+        return _v2_key(where, leaf)
     if where == "stem/conv":
         base, kind = "conv1", "conv"
     elif where == "stem/norm":
@@ -74,8 +95,8 @@ def _to_flax(path: tuple[str, ...], value: np.ndarray, ndim: int) -> np.ndarray:
     return value
 
 
-def _to_torch(path: tuple[str, ...], value: np.ndarray) -> np.ndarray:
-    if path[-1] == "kernel" and value.ndim == 2 and "se" in path:
+def _to_torch(path: tuple[str, ...], value: np.ndarray, v2: bool = False) -> np.ndarray:
+    if path[-1] == "kernel" and value.ndim == 2 and ("se" in path or v2):
         return np.transpose(value)[:, :, None, None]  # dense -> timm's 1x1 conv
     if path[-1] == "kernel" and value.ndim == 4:
         return np.transpose(value, (3, 2, 0, 1))  # HWIO -> OIHW
@@ -92,6 +113,11 @@ def _flat_variables(variables: Any) -> dict[tuple[str, ...], Any]:
     }
 
 
+def _is_v2(flat: dict[tuple[str, ...], Any]) -> bool:
+    # Only the pre-activation form has a norm after the last stage.
+    return any(path[:2] == ("params", "final_norm") for path in flat)
+
+
 def import_torchvision(
     state_dict: dict[str, np.ndarray], target: Any, *, skip: Iterable[str] = ()
 ) -> dict[str, Any]:
@@ -104,10 +130,11 @@ def import_torchvision(
     flat = _flat_variables(target)
     # ResNet-D shortcuts (avg-pool, then conv + norm) shift the downsample indices by one.
     avg_down = any(k.endswith("downsample.2.weight") for k in state_dict)
+    v2 = _is_v2(flat)
     out: dict[tuple[str, ...], Any] = {}
     used, missing, shapes = set(), [], []
     for full, like in flat.items():
-        key = torchvision_key(full[1:], avg_down)
+        key = torchvision_key(full[1:], avg_down, v2)
         if skipped(key):
             if isinstance(like, jax.ShapeDtypeStruct):
                 raise ValueError(f"skipped key {key!r} needs a concrete target to keep")
@@ -148,9 +175,10 @@ def export_torchvision(variables: Any, *, avg_down: bool = False) -> dict[str, n
     `avg_down=True` for ResNet-D shortcuts) loads strictly (num_batches_tracked included, 0)."""
     state: dict[str, np.ndarray] = {}
     flat = _flat_variables(variables)
+    v2 = _is_v2(flat)
     for full, value in flat.items():
-        key = torchvision_key(full[1:], avg_down)
-        state[key] = np.ascontiguousarray(_to_torch(full, np.asarray(value)))
+        key = torchvision_key(full[1:], avg_down, v2)
+        state[key] = np.ascontiguousarray(_to_torch(full, np.asarray(value), v2))
         if key.endswith(".running_var"):
             state[key.replace("running_var", "num_batches_tracked")] = np.array(0, np.int64)
     return state

@@ -51,6 +51,14 @@ def reference(name, seed=0, library="torchvision"):
 def torch_features(model, x):
     """Logits and the outputs of the stem (after max-pool), each layer and the pooling."""
     out = {}
+    if hasattr(model, "stages"):  # timm's pre-activation resnetv2
+        with torch.no_grad():
+            h = out["stem"] = model.stem(x)
+            for i, stage in enumerate(model.stages):
+                h = out[f"stage{i + 1}"] = stage(h)
+            out["pre_logits"] = torch.flatten(model.norm(h).mean((2, 3), keepdim=True), 1)
+            logits = model(x)
+        return logits.numpy(), {k: v.numpy() for k, v in out.items()}
     act = model.act1 if hasattr(model, "act1") else model.relu  # timm names it act1
     pool = model.global_pool if hasattr(model, "global_pool") else model.avgpool
     with torch.no_grad():
@@ -72,7 +80,7 @@ def check_parity(name, tmp_path, library="torchvision"):
     ref = reference(name, library=library)
     save_file(ref.state_dict(), str(tmp_path / f"{name}.safetensors"))
     state = read_state_dict(tmp_path / f"{name}.safetensors")
-    model = resflax.create_model(name)
+    model = resflax.create_model(name.replace("resnetv2_", "preact_resnet"))
     variables = import_torchvision(state, abstract(model))
     x = np.random.default_rng(0).standard_normal((2, SIZE, SIZE, 3)).astype(np.float32)
     logits, feats = model.apply(variables, x, return_features=True)
@@ -98,14 +106,27 @@ def test_logits_and_features_match_torchvision_deep(name, tmp_path):
     check_parity(name, tmp_path)
 
 
-@pytest.mark.parametrize("name", ["resnet50c", "resnet50d", "seresnet50"])
+@pytest.mark.parametrize("name", ["resnet50c", "resnet50d", "seresnet50", "resnetv2_50"])
 def test_logits_and_features_match_timm(name, tmp_path):
     check_parity(name, tmp_path, library="timm")
 
 
 @pytest.mark.slow
-def test_logits_and_features_match_timm_resnet101d(tmp_path):
-    check_parity("resnet101d", tmp_path, library="timm")
+@pytest.mark.parametrize("name", ["resnet101d", "resnetv2_101"])
+def test_logits_and_features_match_timm_deep(name, tmp_path):
+    check_parity(name, tmp_path, library="timm")
+
+
+def test_timm_v2_round_trip_loads_in_timm(tmp_path):
+    import timm
+
+    ref, state, variables = check_parity("resnetv2_50", tmp_path, library="timm")
+    exported = export_torchvision(variables)
+    assert set(exported) == set(ref.state_dict())
+    for key, value in state.items():
+        np.testing.assert_array_equal(exported[key], value)
+    fresh = timm.create_model("resnetv2_50", pretrained=False)
+    fresh.load_state_dict({k: torch.from_numpy(v) for k, v in exported.items()}, strict=True)
 
 
 def test_timm_resnet_d_round_trip_is_exact(tmp_path):
@@ -178,8 +199,8 @@ def test_pickled_objects_and_non_tensors_are_refused(tmp_path):
         read_state_dict(tmp_path / "w.npz")
 
 
-def test_forms_outside_this_layout_are_refused():
-    target = abstract(resflax.create_model("preact_resnet50"))
+def test_forms_outside_these_layouts_are_refused():
+    target = abstract(resflax.create_model("resnet50", scan=True))
     with pytest.raises(ValueError, match="has no torchvision/timm counterpart"):
         import_torchvision({}, target)
 
