@@ -35,21 +35,24 @@ def pad(kernel: int) -> tuple[tuple[int, int], tuple[int, int]]:
     return ((p, p), (p, p))
 
 
-CONV_GRADS = ("lax", "canonical")
+CONV_GRADS = ("lax", "dot", "canonical")
 
 
 def make_conv(dtype: Any = jnp.float32, grad: str = "lax") -> ModuleDef:
     """Bias-free convolution computing in `dtype` with float32 parameters.
 
-    grad="canonical" computes the backward pass of stride-1 convolutions with the layouts
-    XLA:CPU runs fast, also inside loops (see `conv_canonical_grad`); "lax" is JAX's own.
+    How convolutions are written for the compiler (the same function, to float rounding):
+    "lax" is JAX's own; "dot" writes 1x1 convolutions as matrix products (see `conv_dot_1x1`),
+    which XLA:CPU runs 2-4x faster with their gradients; "canonical" adds, for stride-1 kxk
+    convolutions, a backward pass in the layouts XLA:CPU runs fast inside loops (see
+    `conv_canonical_grad`).
     """
     if grad not in CONV_GRADS:
         raise ValueError(f"conv_grad={grad!r} is not one of {CONV_GRADS}")
-    extra = {"conv_general_dilated": conv_canonical_grad} if grad == "canonical" else {}
+    impl = {"lax": lax.conv_general_dilated, "dot": conv_dot_1x1, "canonical": conv_canonical_grad}
     return partial(
         nn.Conv, use_bias=False, dtype=dtype, param_dtype=jnp.float32, kernel_init=conv_init,
-        **extra,
+        conv_general_dilated=impl[grad],
     )  # fmt: skip
 
 
@@ -77,6 +80,9 @@ def conv_canonical_grad(
     transposes. Only stride-1, undilated, ungrouped 2-D convolutions take this path; the rest
     go to lax unchanged.
     """
+    if _is_plain_1x1(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                     dimension_numbers, feature_group_count, kwargs):  # fmt: skip
+        return _dot_1x1(lhs, rhs, window_strides, precision)
     dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
     canonical = lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
     simple = (
@@ -95,6 +101,56 @@ def conv_canonical_grad(
             feature_group_count, precision=precision, **kwargs,
         )  # fmt: skip
     return _conv_nhwc(lhs, rhs, tuple(tuple(p) for p in padding), precision)
+
+
+def conv_dot_1x1(
+    lhs: Array,
+    rhs: Array,
+    window_strides: Any,
+    padding: Any,
+    lhs_dilation: Any = None,
+    rhs_dilation: Any = None,
+    dimension_numbers: Any = None,
+    feature_group_count: int = 1,
+    precision: Any = None,
+    **kwargs: Any,
+) -> Array:
+    """`lax.conv_general_dilated` with 1x1 NHWC convolutions written as matrix products.
+
+    A 1x1 convolution of stride s is `x[:, ::s, ::s] @ w`. JAX differentiates the
+    convolution form into a weight gradient that is a convolution with an HxW window over
+    transposed activations, which XLA:CPU runs at a fraction of its matmul rate (0.7 s of
+    a 10 s ResNet-50 step for one layer); as a product both gradients are products too.
+    Every other convolution goes to lax unchanged.
+    """
+    if _is_plain_1x1(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                     dimension_numbers, feature_group_count, kwargs):  # fmt: skip
+        return _dot_1x1(lhs, rhs, window_strides, precision)
+    return lax.conv_general_dilated(
+        lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+        feature_group_count, precision=precision, **kwargs,
+    )  # fmt: skip
+
+
+def _is_plain_1x1(
+    lhs, rhs, strides, padding, lhs_dilation, rhs_dilation, dimension_numbers, groups, kwargs
+) -> bool:
+    if lhs.ndim != 4 or rhs.shape[:2] != (1, 1) or groups != 1 or kwargs:
+        return False
+    dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+    if dn != lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC):
+        return False
+    if any(d != 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ()))):
+        return False
+    # A 1x1 window needs no padding: "SAME" and "VALID" both add none.
+    return isinstance(padding, str) or all(p == (0, 0) for p in map(tuple, padding))
+
+
+def _dot_1x1(x: Array, w: Array, strides: Any, precision: Any) -> Array:
+    sh, sw = strides
+    if (sh, sw) != (1, 1):
+        x = x[:, ::sh, ::sw]
+    return jnp.einsum("nhwc,cd->nhwd", x, w[0, 0], precision=precision)
 
 
 def _conv(x: Array, w: Array, padding: Any, precision: Any) -> Array:

@@ -35,8 +35,10 @@ class ResNet(nn.Module):
     bn_running_var: "biased" (Flax) or "unbiased" (torch: the running variance tracks the
         unbiased batch variance; use it to continue training converted torch weights exactly).
     scan / scan_unroll / remat / remat_policy: see `Stage`.
-    conv_grad: "lax", "canonical" (see `layers.conv_canonical_grad`) or "auto": canonical
-        for scanned models on CPU, lax otherwise. Numerically the same function.
+    conv_grad: how convolutions are written for the compiler (see `layers.make_conv`): "lax",
+        "dot" (1x1 convolutions as matrix products), "canonical" (dot, plus loop-friendly
+        gradients of kxk convolutions) or "auto": on CPU canonical for scanned models and dot
+        otherwise, lax on other backends. The same function, to float rounding.
     """
 
     stage_sizes: Sequence[int]
@@ -71,11 +73,14 @@ class ResNet(nn.Module):
     conv_grad: str = "auto"
 
     def _conv_grad(self) -> str:
-        # On CPU, scanned stages need the canonical gradient formulation to run at unrolled
-        # speed (see layers.conv_canonical_grad); elsewhere JAX's own is used.
+        # XLA:CPU runs 1x1 convolutions' gradients fast only as matrix products, and scanned
+        # stages' kxk gradients only in canonical layouts (see layers); GPU/TPU compilers do
+        # both well from JAX's own form.
         if self.conv_grad != "auto":
             return self.conv_grad
-        return "canonical" if self.scan and jax.default_backend() == "cpu" else "lax"
+        if jax.default_backend() != "cpu":
+            return "lax"
+        return "canonical" if self.scan else "dot"
 
     def _check(self) -> tuple[int, ...]:
         n = len(self.stage_sizes)

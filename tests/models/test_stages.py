@@ -129,14 +129,71 @@ def test_canonical_conv_gradients_equal_lax(kernel, padding, dtype):
         np.testing.assert_allclose(
             np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=tol, atol=tol * 10
         )
-    # Strided convolutions are passed to lax untouched.
-    y = conv_canonical_grad(x, w, (2, 2), padding, dimension_numbers=dn)
-    np.testing.assert_array_equal(
-        y, lax.conv_general_dilated(x, w, (2, 2), padding, dimension_numbers=dn)
-    )
+    if kernel != (1, 1):  # strided kxk convolutions are passed to lax untouched
+        y = conv_canonical_grad(x, w, (2, 2), padding, dimension_numbers=dn)
+        np.testing.assert_array_equal(
+            y, lax.conv_general_dilated(x, w, (2, 2), padding, dimension_numbers=dn)
+        )
 
 
-def test_conv_grad_auto_picks_canonical_only_for_scans_on_cpu(tiny_kwargs):
+@pytest.mark.parametrize(
+    "strides, padding, dtype",
+    [
+        ((1, 1), ((0, 0), (0, 0)), jnp.float32),
+        ((2, 2), ((0, 0), (0, 0)), jnp.float32),  # odd sizes: 9x7 -> 5x4
+        ((2, 1), "SAME", jnp.float32),
+        ((2, 2), "VALID", jnp.float32),
+        ((2, 2), ((0, 0), (0, 0)), jnp.bfloat16),
+    ],
+)
+def test_dot_1x1_convolutions_equal_lax_with_gradients(strides, padding, dtype):
+    from jax import lax
+
+    from resflax.models.layers import conv_dot_1x1
+
+    x = jax.random.normal(jax.random.key(0), (3, 9, 7, 5), dtype)
+    w = jax.random.normal(jax.random.key(1), (1, 1, 5, 6), dtype)
+    dn = ("NHWC", "HWIO", "NHWC")
+
+    def loss(conv):
+        return lambda x, w: (conv(x, w, strides, padding, dimension_numbers=dn) ** 2).sum()
+
+    y = conv_dot_1x1(x, w, strides, padding, dimension_numbers=dn)
+    ref_y = lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=dn)
+    assert y.shape == ref_y.shape and y.dtype == ref_y.dtype
+    ref = jax.grad(loss(lax.conv_general_dilated), (0, 1))(x, w)
+    ours = jax.grad(loss(conv_dot_1x1), (0, 1))(x, w)
+    tol = 2e-2 if dtype == jnp.bfloat16 else 1e-5
+    for a, b in zip((y, *ours), (ref_y, *ref), strict=True):
+        assert a.dtype == b.dtype == dtype
+        np.testing.assert_allclose(
+            np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=tol, atol=tol * 10
+        )
+    # The input gradient of a strided 1x1 is zero off the sampled grid, as lax's.
+    if strides == (2, 2):
+        assert not np.asarray(ours[0][:, 1::2], np.float32).any()
+
+
+def test_dot_1x1_leaves_other_convolutions_to_lax():
+    from jax import lax
+
+    from resflax.models.layers import conv_dot_1x1
+
+    x = jax.random.normal(jax.random.key(0), (2, 8, 8, 4))
+    dn = ("NHWC", "HWIO", "NHWC")
+    for shape, kw in [((3, 3, 4, 4), {}), ((1, 1, 2, 4), {"feature_group_count": 2}),
+                      ((1, 1, 4, 4), {"rhs_dilation": (2, 2)})]:  # fmt: skip
+        w = jax.random.normal(jax.random.key(1), shape)
+        args = (x, w, (2, 2), ((0, 0), (0, 0)))
+        np.testing.assert_array_equal(
+            conv_dot_1x1(*args, dimension_numbers=dn, **kw),
+            lax.conv_general_dilated(*args, dimension_numbers=dn, **kw),
+        )
+
+
+def test_conv_grad_auto_on_cpu_dot_or_canonical_for_scans(tiny_kwargs):
     assert ResNet(**tiny_kwargs, scan=True)._conv_grad() == "canonical"
-    assert ResNet(**tiny_kwargs)._conv_grad() == "lax"
+    assert ResNet(**tiny_kwargs)._conv_grad() == "dot"
     assert ResNet(**tiny_kwargs, scan=True, conv_grad="lax")._conv_grad() == "lax"
+    with pytest.raises(ValueError, match="conv_grad='fft' is not one of"):
+        ResNet(**tiny_kwargs, conv_grad="fft").init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
