@@ -7,13 +7,14 @@ from collections.abc import Callable
 import flax.linen as nn
 
 from resflax.models.layers import Array, ModuleDef, pad
+from resflax.models.pool import max_pool
 
 STEMS = ("imagenet", "cifar", "deep")
 
 
 def max_pool_3x3_s2(x: Array) -> Array:
-    # Explicit (1, 1) padding with -inf: torchvision's MaxPool2d(3, 2, padding=1).
-    return nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+    # (1, 1) padding with -inf: torchvision's MaxPool2d(3, 2, padding=1).
+    return max_pool(x, window=3, stride=2, padding=1)
 
 
 class Stem(nn.Module):
