@@ -87,8 +87,10 @@ def main(argv: list[str]) -> None:
     except (KeyError, AttributeError, ValueError, OSError) as e:
         _fail(e)
     from resflax.train.distributed import initialize
+    from resflax.train.xla_cpu import apply_cpu_flags
 
     try:
+        apply_cpu_flags(config.xla_cpu_flags)  # before JAX starts its backends
         initialize(config.distributed)  # before any other JAX call
         summary = train_and_evaluate(config, _WORKDIR.value)
     except NonFiniteLossError as e:

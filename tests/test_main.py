@@ -72,6 +72,7 @@ BAD_INPUT = [
     (["--config.batch_size=100"], DIGITS, "batch_size=100 is not divisible by the 8 devices"),
     (["--config.optimizer.learning_rate=-0.1"], DIGITS, "learning_rate=-0.1 must be positive"),
     (["--config.data.name=mnist"], DIGITS, "data.name='mnist' is not one of"),
+    (["--config.xla_cpu_flags=xla_cpu_ftz"], DIGITS, "entry 'xla_cpu_ftz' is not an XLA flag"),
     ([], NOPE, "No such file or directory: 'experiments/configs/nope.py'"),
     (
         ["--config.data.data_dir=/tmp/resflax-no-data"],

@@ -11,6 +11,7 @@ from resflax.models.registry import get_entry
 from resflax.models.resnet import ResNet
 from resflax.train.optim import OPTIMIZERS, SCHEDULES
 from resflax.train.parallel import PARALLEL
+from resflax.train.xla_cpu import parse_flags
 
 DTYPES = ("float32", "bfloat16")
 PRNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
@@ -42,6 +43,7 @@ def validate(config: Any) -> None:
     model_overrides(config)
     if config.dtype not in DTYPES:
         raise ValueError(f"dtype={config.dtype!r} is not one of {DTYPES}")
+    parse_flags(config.get("xla_cpu_flags") or "")
     if config.prng_impl not in PRNG_IMPLS:
         raise ValueError(f"prng_impl={config.prng_impl!r} is not one of {PRNG_IMPLS}")
     if config.parallel not in PARALLEL:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 import signal
 import threading
 import time
@@ -310,6 +311,8 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
         "devices": parallel.num_devices,
         "parallel": config.parallel,
         "dtype": config.dtype,
+        "backend": jax.default_backend(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "final_eval": last_eval,
         "best_eval": loop["best"],
         "train_seconds": loop["train_seconds"] + elapsed(),
