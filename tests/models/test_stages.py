@@ -197,3 +197,35 @@ def test_conv_grad_auto_on_cpu_dot_or_canonical_for_scans(tiny_kwargs):
     assert ResNet(**tiny_kwargs, scan=True, conv_grad="lax")._conv_grad() == "lax"
     with pytest.raises(ValueError, match="conv_grad='fft' is not one of"):
         ResNet(**tiny_kwargs, conv_grad="fft").init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+
+
+@pytest.mark.parametrize("shape", [(2, 9, 8, 3), (1, 7, 7, 2), (2, 16, 16, 4)])
+def test_max_pool_gradient_is_select_and_scatters_ties_included(shape):
+    import flax.linen as nn
+
+    from resflax.models.pool import max_pool
+
+    # Rounded, ReLU'd values: many equal maxima in a window, as after a stem's ReLU.
+    x = jnp.maximum(jnp.round(jax.random.normal(jax.random.key(0), shape) * 2), 0)
+    ref = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+    np.testing.assert_array_equal(max_pool(x, 3, 2, 1), ref)
+    w = jax.random.normal(jax.random.key(1), ref.shape)
+
+    def grad(pool):
+        return jax.grad(lambda x: jnp.sum(pool(x) * w))(x)
+
+    ours = grad(lambda x: max_pool(x, 3, 2, 1))
+    theirs = grad(lambda x: nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1))))
+    # The same elements receive gradient; where overlapping windows pick the same element,
+    # the sum's order (and so its last bit) may differ.
+    np.testing.assert_array_equal(ours != 0, theirs != 0)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-6)
+
+
+def test_max_pool_refuses_bad_padding_and_layout():
+    from resflax.models.pool import max_pool
+
+    with pytest.raises(ValueError, match=r"padding=2 must be in \[0, window // 2 = 1\]"):
+        max_pool(jnp.zeros((1, 8, 8, 1)), 3, 2, 2)
+    with pytest.raises(ValueError, match=r"expects NHWC input, got shape \(8, 8\)"):
+        max_pool(jnp.zeros((8, 8)), 3, 2, 1)

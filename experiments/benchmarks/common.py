@@ -1,0 +1,80 @@
+"""What the performance benchmarks share: the machine description, child processes (each
+implementation runs alone in its own process), medians, and the results files."""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "experiments" / "results"
+# glibc's malloc then asks the kernel for transparent huge pages: XLA:CPU allocates its
+# temporary buffers afresh every step, and faulting them in 4 KiB pages cost ~0.5 s of a
+# 5.9 s ResNet-50 step. `make` sets it for train and bench; torch (caching allocator) and
+# TensorFlow are measured without it, as users run them.
+HUGEPAGES = {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def versions(packages: tuple[str, ...]) -> str:
+    found = []
+    for p in packages:
+        try:
+            found.append(f"{p} {importlib.metadata.version(p)}")
+        except importlib.metadata.PackageNotFoundError:
+            found.append(f"{p} (not installed)")
+    return ", ".join(found)
+
+
+def environment(packages: tuple[str, ...] = ("jax", "jaxlib", "flax", "optax")) -> str:
+    return f"{datetime.date.today()}, {cpu_name()}, {os.cpu_count()} CPUs, {versions(packages)}"
+
+
+def run_child(args: list[str], env: dict[str, str] | None = None, timeout: float = 900) -> dict:
+    """Runs `python <args>` and returns the JSON object on its last stdout line, or
+    {"error": ...} with the reason (timeout, signal, last stderr line)."""
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    try:
+        out = subprocess.run(
+            [sys.executable, *args], capture_output=True, text=True, timeout=timeout,
+            check=True, env=full_env, cwd=ROOT,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return {"error": f"over {timeout:.0f} s"}
+    except subprocess.CalledProcessError as e:
+        if e.returncode < 0:
+            return {"error": f"killed by signal {-e.returncode} (out of memory?)"}
+        lines = [ln for ln in e.stderr.strip().splitlines() if ln.strip()]
+        return {"error": (lines[-1] if lines else f"exit code {e.returncode}")[:160]}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def write_result(path: Path, title: str, command: str, intro: str, body: str) -> None:
+    """A results file: what was run, where, then the tables. Replaces the file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"# {title}\n\n{intro.strip()}\n\nCommand: `{command}`\n\n{body.strip()}\n")
+    print(f"wrote {path}")
+
+
+def fmt(x: float | None, digits: int = 2) -> str:
+    return "—" if x is None else f"{x:.{digits}f}"

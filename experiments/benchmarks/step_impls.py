@@ -1,0 +1,197 @@
+"""One SGD train step (momentum 0.9, cross-entropy, BatchNorm in training mode) per
+implementation, timed in the process that runs this file:
+
+    python experiments/benchmarks/step_impls.py IMPL MODEL BATCH STEPS
+
+IMPL: resflax | flax_example | torchvision | torchvision_cl | keras | matmul_jax | matmul_torch.
+Prints one JSON line: the first step's time (compile or warm-up), then the timed steps.
+Each implementation is imported only in its own process: torch ran ~30% slower in a process
+that had JAX loaded, and torch and TensorFlow in one process crashed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+
+# (image size, classes, resflax name); torchvision and Keras build the same networks.
+WORKLOADS = {
+    "resnet18": (224, 1000, "resnet18"),
+    "resnet50": (224, 1000, "resnet50"),
+    "resnet56": (32, 10, "resnet56"),
+    "resnet20": (32, 10, "resnet20"),
+}
+MATMUL_N = 4096
+
+
+def _time_steps(step: Callable[[], object], steps: int) -> dict:
+    t0 = time.perf_counter()
+    step()
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return {"first_s": first, "step_s": times}
+
+
+# --- JAX ---------------------------------------------------------------------------------
+
+
+def _jax_step(model, size: int, classes: int, batch: int, steps: int) -> dict:
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from resflax.train.state import make_init
+    from resflax.train.step import train_step
+
+    tx = optax.sgd(0.01, momentum=0.9)
+    state = jax.jit(make_init(model, tx, (1, size, size, 3)))(jax.random.key(0))
+    batch_ = {
+        "image": jax.random.normal(jax.random.key(1), (batch, size, size, 3)),
+        "label": jax.random.randint(jax.random.key(2), (batch,), 0, classes),
+        "mask": jnp.ones((batch,)),
+    }
+    t0 = time.perf_counter()
+    compiled = jax.jit(train_step, donate_argnums=0).lower(state, batch_).compile()
+    compile_s = time.perf_counter() - t0
+    holder = {"state": state}
+
+    def step():
+        holder["state"], metrics = compiled(holder["state"], batch_)
+        jax.block_until_ready(metrics)
+
+    out = _time_steps(step, steps)
+    mem = compiled.memory_analysis()
+    return {**out, "compile_s": compile_s, "temp_bytes": int(mem.temp_size_in_bytes)}
+
+
+def resflax(name: str, batch: int, steps: int) -> dict:
+    from resflax.train.xla_cpu import DEFAULT_FLAGS, apply_cpu_flags
+
+    apply_cpu_flags(os.environ.get("RESFLAX_XLA_CPU_FLAGS", DEFAULT_FLAGS))  # the CLI's default
+    from resflax.models import create_model
+
+    size, classes, model_name = WORKLOADS[name]
+    overrides = json.loads(os.environ.get("RESFLAX_MODEL_OVERRIDES", "{}"))
+    model = create_model(model_name, num_classes=classes, **overrides)
+    return _jax_step(model, size, classes, batch, steps)
+
+
+def flax_example(name: str, batch: int, steps: int) -> dict:
+    from experiments.benchmarks.flax_example_style import make
+
+    size, classes, _ = WORKLOADS[name]
+    return _jax_step(make(name, classes), size, classes, batch, steps)
+
+
+# --- torch -------------------------------------------------------------------------------
+
+
+def _torch_model(name: str, classes: int):
+    import torchvision
+
+    if name == "resnet56":
+        from experiments.benchmarks.torch_cifar import resnet56
+
+        return resnet56(classes)
+    return getattr(torchvision.models, name)(num_classes=classes)
+
+
+def torchvision_step(name: str, batch: int, steps: int, channels_last: bool = False) -> dict:
+    import torch
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    size, classes, _ = WORKLOADS[name]
+    model = _torch_model(name, classes).train()
+    x = torch.randn(batch, 3, size, size)
+    y = torch.randint(0, classes, (batch,))
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        loss.item()
+
+    return _time_steps(step, steps)
+
+
+# --- Keras 3 on TensorFlow ---------------------------------------------------------------
+
+
+def keras(name: str, batch: int, steps: int) -> dict:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras as k
+    import numpy as np
+
+    if name != "resnet50":
+        raise ValueError(f"keras.applications has no {name}; only resnet50 is compared")
+    size, classes, _ = WORKLOADS[name]
+    model = k.applications.ResNet50(weights=None, classes=classes, input_shape=(size, size, 3))
+    # jit_compile=False: Keras' fastest CPU path here (with XLA it ran at half the speed).
+    model.compile(
+        optimizer=k.optimizers.SGD(0.01, momentum=0.9),
+        loss="sparse_categorical_crossentropy",
+        jit_compile=False,
+    )
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, size, size, 3), dtype=np.float32)
+    y = rng.integers(0, classes, batch)
+    return _time_steps(lambda: model.train_on_batch(x, y), steps)
+
+
+# --- the machine's matmul rate -----------------------------------------------------------
+
+
+def matmul_jax(_: str, __: int, steps: int) -> dict:
+    from resflax.train.xla_cpu import DEFAULT_FLAGS, apply_cpu_flags
+
+    apply_cpu_flags(DEFAULT_FLAGS)
+    import jax
+
+    a = jax.random.normal(jax.random.key(0), (MATMUL_N, MATMUL_N))
+    f = jax.jit(lambda a: a @ a)
+    return _time_steps(lambda: jax.block_until_ready(f(a)), steps)
+
+
+def matmul_torch(_: str, __: int, steps: int) -> dict:
+    import torch
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    a = torch.randn(MATMUL_N, MATMUL_N)
+    return _time_steps(lambda: torch.mm(a, a), steps)
+
+
+IMPLS = {
+    "resflax": resflax,
+    "flax_example": flax_example,
+    "torchvision": torchvision_step,
+    "torchvision_cl": lambda n, b, s: torchvision_step(n, b, s, channels_last=True),
+    "keras": keras,
+    "matmul_jax": matmul_jax,
+    "matmul_torch": matmul_torch,
+}
+
+
+def main() -> None:
+    impl, name, batch, steps = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    if impl not in IMPLS:
+        sys.exit(f"unknown implementation {impl!r}; valid: {', '.join(IMPLS)}")
+    if name not in WORKLOADS and not impl.startswith("matmul"):
+        sys.exit(f"unknown model {name!r}; valid: {', '.join(WORKLOADS)}")
+    result = IMPLS[impl](name, batch, steps)
+    print(json.dumps({"impl": impl, "model": name, "batch": batch, **result}))
+
+
+if __name__ == "__main__":
+    main()
