@@ -26,6 +26,7 @@ from experiments.benchmarks.common import (
     run_child,
     write_result,
 )
+from experiments.benchmarks.step_impls import recipe_flags
 
 CHILD = "experiments/benchmarks/step_impls.py"
 
@@ -36,6 +37,7 @@ def loop_rate(model: str, batch: int, steps: int, log_every: int) -> float | str
             "-m", "resflax.main", f"--config=experiments/configs/fake_data.py:{model}",
             f"--workdir={workdir}", f"--config.batch_size={batch}",
             f"--config.num_steps={steps}", f"--config.log_every_steps={log_every}",
+            f"--config.xla_cpu_flags={recipe_flags(model)}",  # as the bare step's
         ]  # fmt: skip
         # run_child wants JSON on the last line: print the summary after the run.
         code = (

@@ -24,6 +24,18 @@ WORKLOADS = {
     "resnet56": (32, 10, "resnet56"),
     "resnet20": (32, 10, "resnet20"),
 }
+# The recipe a user would train each with: resflax runs under that recipe's XLA flags.
+RECIPES = {"resnet18": "imagenet", "resnet50": "imagenet", "resnet56": "cifar10",
+           "resnet20": "cifar10"}  # fmt: skip
+
+
+def recipe_flags(name: str) -> str:
+    import importlib
+
+    recipe = importlib.import_module(f"experiments.configs.{RECIPES[name]}")
+    return recipe.get_config(name).xla_cpu_flags
+
+
 MATMUL_N = 4096
 
 
@@ -72,9 +84,9 @@ def _jax_step(model, size: int, classes: int, batch: int, steps: int) -> dict:
 
 
 def resflax(name: str, batch: int, steps: int) -> dict:
-    from resflax.train.xla_cpu import DEFAULT_FLAGS, apply_cpu_flags
+    from resflax.train.xla_cpu import apply_cpu_flags
 
-    apply_cpu_flags(os.environ.get("RESFLAX_XLA_CPU_FLAGS", DEFAULT_FLAGS))  # the CLI's default
+    apply_cpu_flags(recipe_flags(name))  # as `python -m resflax.main` with that recipe
     from resflax.models import create_model
 
     size, classes, model_name = WORKLOADS[name]
