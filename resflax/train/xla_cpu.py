@@ -1,11 +1,11 @@
 """XLA:CPU settings that make the train step faster, applied before JAX starts its backends.
 
 The default, `--xla_cpu_experimental_ynn_fusion_type=dot,reduce`, hands matrix products,
-convolutions and reductions to YNNPACK, the XNNPACK successor bundled in jaxlib: on a 2-core
-AVX-512 Xeon it took a ResNet-50 train step (batch 32, 224x224, float32) from 13.9 s to
-10.2 s before the 1x1-convolution rewrite (`models.layers.conv_dot_1x1`) and from 10.6 s to
-6.1 s after it (see experiments/results/train_step.md). `eltwise` was slower (9.0 s); oneDNN
-and XNNPACK fusions, also in jaxlib, changed nothing for convolutions.
+convolutions and reductions to YNNPACK (bundled in jaxlib): on a 2-core AVX-512 Xeon it took a
+ResNet-50 train step (batch 32, 224x224, float32) from 13.9 s to 10.6 s, and with 1x1
+convolutions as products (`models.layers.conv_dot_1x1`) to 6.1 s. Adding `eltwise` helps
+small images (CIFAR recipes) and hurts 224x224; oneDNN and XNNPACK fusions, also in jaxlib,
+changed nothing for convolutions. README, "Performance", has the measurements.
 
 XLA reads XLA_FLAGS once, when the first backend starts; a flag the installed jaxlib does not
 know aborts the process, so each flag is checked against jaxlib's binaries first.

@@ -1,0 +1,125 @@
+"""Where a train step's time goes on XLA:CPU: one step under `jax.profiler`, each executed HLO
+op matched to the optimised HLO (dumped by XLA), summed by kind.
+
+    python experiments/benchmarks/profile_step.py resnet50 --batch 32
+    python experiments/benchmarks/profile_step.py resnet56 --batch 128 --flags "--xla_cpu_..."
+
+Kinds: "ynn ..." are YNNPACK fusions (matrix products and convolutions, reductions,
+elementwise), "xla ..." XLA's own loop fusions and convolutions, "copy/transpose" layout
+changes (mostly activations transposed for weight gradients). Thread time can exceed wall
+time where ops overlap. Run it alone: it times the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import os
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+
+def hlo_index(text: str) -> tuple[dict, dict]:
+    """Instruction name -> (opcode, shape, called computation, rest), computation -> body."""
+    comps = {}
+    for m in re.finditer(r"^%?([\w.\-]+) \(.*?\{\n(.*?)\n\}", text, re.S | re.M):
+        comps[m.group(1)] = m.group(2)
+    inst = {}
+    for m in re.finditer(r"^\s*(?:ROOT )?%?([\w.\-]+) = (\S+) ([\w\-]+)\((.*)$", text, re.M):
+        name, shape, op, rest = m.groups()
+        calls = re.search(r"calls=%?([\w.\-]+)", rest)
+        inst[name] = (op, shape, calls.group(1) if calls else None, rest)
+    return inst, comps
+
+
+def kind(name: str, inst: dict, comps: dict) -> str:
+    if name not in inst:
+        return "other"
+    op, _, calls, rest = inst[name]
+    body = comps.get(calls, "") if calls else ""
+    if op == "fusion" and "__ynn_fusion" in rest:
+        if " dot(" in body or " convolution(" in body:
+            return "ynn product/convolution"
+        return "ynn elementwise/reduction"
+    if op == "convolution":
+        return "xla convolution"
+    if op == "fusion":
+        if "transpose" in name or "copy" in name:
+            return "copy/transpose"
+        if "reduce-window" in body or "scatter" in body:
+            return "xla pooling"
+        return "xla elementwise fusion"
+    return f"xla {op}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("model", help="resnet18 | resnet50 | resnet56 | resnet20")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--flags", default=None, help="XLA:CPU flags (default: the model's recipe)")
+    ap.add_argument("--top", type=int, default=15)
+    args = ap.parse_args()
+    from experiments.benchmarks.step_impls import WORKLOADS, recipe_flags
+
+    if args.model not in WORKLOADS:
+        sys.exit(f"unknown model {args.model!r}; valid: {', '.join(WORKLOADS)}")
+    dump = tempfile.mkdtemp(prefix="resflax-hlo-")
+    flags = args.flags if args.flags is not None else recipe_flags(args.model)
+    os.environ["XLA_FLAGS"] = f"{flags} --xla_dump_to={dump} --xla_dump_hlo_as_text".strip()
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from jax._src.lib import _profile_data
+
+    from resflax.models import create_model
+    from resflax.train.state import make_init
+    from resflax.train.step import train_step
+
+    size, classes, name = WORKLOADS[args.model]
+    model = create_model(name, num_classes=classes)
+    tx = optax.sgd(0.01, momentum=0.9)
+    state = jax.jit(make_init(model, tx, (1, size, size, 3)))(jax.random.key(0))
+    batch = {
+        "image": jax.random.normal(jax.random.key(1), (args.batch, size, size, 3)),
+        "label": jnp.zeros((args.batch,), jnp.int32),
+        "mask": jnp.ones((args.batch,)),
+    }
+    step = jax.jit(train_step, donate_argnums=0)
+    state, metrics = step(state, batch)
+    jax.block_until_ready(metrics)
+    trace = tempfile.mkdtemp(prefix="resflax-trace-")
+    with jax.profiler.trace(trace):
+        state, metrics = step(state, batch)
+        jax.block_until_ready(metrics)
+    hlo = glob.glob(f"{dump}/*jit_train_step*after_optimizations.txt")
+    inst, comps = hlo_index(Path(hlo[0]).read_text())
+    data = _profile_data.ProfileData.from_file(
+        glob.glob(f"{trace}/**/*.xplane.pb", recursive=True)[0]
+    )
+    by_kind: collections.Counter = collections.Counter()
+    by_op: collections.Counter = collections.Counter()
+    for plane in data.planes:
+        for line in plane.lines:
+            for ev in line.events:
+                if ev.name in inst:
+                    by_kind[kind(ev.name, inst, comps)] += ev.duration_ns
+                    by_op[ev.name] += ev.duration_ns
+    total = sum(by_kind.values())
+    print(f"{args.model} batch {args.batch}, XLA flags {flags!r}: {total / 1e9:.2f} s thread time")
+    for k, v in by_kind.most_common():
+        print(f"  {v / 1e6:8.0f} ms {100 * v / total:5.1f}%  {k}")
+    print(f"top {args.top} ops:")
+    for k, v in by_op.most_common(args.top):
+        _, shape, calls, rest = inst[k]
+        where = re.search(r'op_name="([^"]+)"', comps.get(calls, "") if calls else rest)
+        print(f"  {v / 1e6:8.0f} ms  {k} {shape[:36]}  {where.group(1)[-60:] if where else ''}")
+    print(f"optimised HLO in {dump}, trace in {trace}")
+
+
+if __name__ == "__main__":
+    main()
