@@ -77,12 +77,10 @@ def conv_canonical_grad(
     weight gradient contracts over the batch). Outside loops XLA:CPU rewrites those into its
     fast layout; inside a `while` loop (a scanned stage's backward pass) it does not, and they
     run 10-20x slower. Here both gradients are written as canonical convolutions with explicit
-    transposes. Only stride-1, undilated, ungrouped 2-D convolutions take this path; the rest
-    go to lax unchanged.
+    transposes. Only stride-1, undilated, ungrouped 2-D kxk convolutions (k > 1) take this
+    path; the rest go to `conv_dot_1x1` (1x1 convolutions become matrix products, whose
+    gradients are canonical already, others go to lax unchanged).
     """
-    if _is_plain_1x1(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
-                     dimension_numbers, feature_group_count, kwargs):  # fmt: skip
-        return _dot_1x1(lhs, rhs, window_strides, precision)
     dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
     canonical = lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
     simple = (
@@ -94,9 +92,10 @@ def conv_canonical_grad(
         and feature_group_count == 1
         and not isinstance(padding, str)
         and not kwargs
+        and rhs.shape[:2] != (1, 1)
     )
     if not simple:
-        return lax.conv_general_dilated(
+        return conv_dot_1x1(
             lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
             feature_group_count, precision=precision, **kwargs,
         )  # fmt: skip
