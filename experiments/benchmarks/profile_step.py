@@ -64,7 +64,7 @@ def main() -> None:
     ap.add_argument("--flags", default=None, help="XLA:CPU flags (default: the model's recipe)")
     ap.add_argument("--top", type=int, default=15)
     args = ap.parse_args()
-    from experiments.benchmarks.step_impls import WORKLOADS, recipe_flags
+    from experiments.benchmarks.step_impls import WORKLOADS, jax_setup, recipe_flags
 
     if args.model not in WORKLOADS:
         sys.exit(f"unknown model {args.model!r}; valid: {', '.join(WORKLOADS)}")
@@ -72,23 +72,14 @@ def main() -> None:
     flags = args.flags if args.flags is not None else recipe_flags(args.model)
     os.environ["XLA_FLAGS"] = f"{flags} --xla_dump_to={dump} --xla_dump_hlo_as_text".strip()
     import jax
-    import jax.numpy as jnp
-    import optax
     from jax._src.lib import _profile_data
 
     from resflax.models import create_model
-    from resflax.train.state import make_init
     from resflax.train.step import train_step
 
     size, classes, name = WORKLOADS[args.model]
     model = create_model(name, num_classes=classes)
-    tx = optax.sgd(0.01, momentum=0.9)
-    state = jax.jit(make_init(model, tx, (1, size, size, 3)))(jax.random.key(0))
-    batch = {
-        "image": jax.random.normal(jax.random.key(1), (args.batch, size, size, 3)),
-        "label": jnp.zeros((args.batch,), jnp.int32),
-        "mask": jnp.ones((args.batch,)),
-    }
+    state, batch = jax_setup(model, size, classes, args.batch)
     step = jax.jit(train_step, donate_argnums=0)
     state, metrics = step(state, batch)
     jax.block_until_ready(metrics)

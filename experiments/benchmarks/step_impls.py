@@ -54,13 +54,13 @@ def _time_steps(step: Callable[[], object], steps: int) -> dict:
 # --- JAX ---------------------------------------------------------------------------------
 
 
-def _jax_step(model, size: int, classes: int, batch: int, steps: int) -> dict:
+def jax_setup(model, size: int, classes: int, batch: int) -> tuple:
+    """The benchmarks' starting point: a fresh SGD-momentum state and one random batch."""
     import jax
     import jax.numpy as jnp
     import optax
 
     from resflax.train.state import make_init
-    from resflax.train.step import train_step
 
     tx = optax.sgd(0.01, momentum=0.9)
     state = jax.jit(make_init(model, tx, (1, size, size, 3)))(jax.random.key(0))
@@ -69,6 +69,15 @@ def _jax_step(model, size: int, classes: int, batch: int, steps: int) -> dict:
         "label": jax.random.randint(jax.random.key(2), (batch,), 0, classes),
         "mask": jnp.ones((batch,)),
     }
+    return state, batch_
+
+
+def _jax_step(model, size: int, classes: int, batch: int, steps: int) -> dict:
+    import jax
+
+    from resflax.train.step import train_step
+
+    state, batch_ = jax_setup(model, size, classes, batch)
     t0 = time.perf_counter()
     compiled = jax.jit(train_step, donate_argnums=0).lower(state, batch_).compile()
     compile_s = time.perf_counter() - t0

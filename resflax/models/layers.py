@@ -81,17 +81,13 @@ def conv_canonical_grad(
     path; the rest go to `conv_dot_1x1` (1x1 convolutions become matrix products, whose
     gradients are canonical already, others go to lax unchanged).
     """
-    dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-    canonical = lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
+    plain = _is_plain_nhwc(
+        lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count, kwargs
+    )
     simple = (
-        lhs.ndim == 4
-        and dn == canonical
+        plain
         and all(s == 1 for s in window_strides)
-        and all(d == 1 for d in (lhs_dilation or (1,)))
-        and all(d == 1 for d in (rhs_dilation or (1,)))
-        and feature_group_count == 1
         and not isinstance(padding, str)
-        and not kwargs
         and rhs.shape[:2] != (1, 1)
     )
     if not simple:
@@ -131,15 +127,22 @@ def conv_dot_1x1(
     )  # fmt: skip
 
 
+def _is_plain_nhwc(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, groups, kwargs):
+    """An ungrouped, undilated 2-D convolution in NHWC/HWIO with no other lax options."""
+    if lhs.ndim != 4 or groups != 1 or kwargs:
+        return False
+    if any(d != 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ()))):
+        return False
+    dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+    return dn == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
+
+
 def _is_plain_1x1(
     lhs, rhs, strides, padding, lhs_dilation, rhs_dilation, dimension_numbers, groups, kwargs
 ) -> bool:
-    if lhs.ndim != 4 or rhs.shape[:2] != (1, 1) or groups != 1 or kwargs:
-        return False
-    dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-    if dn != lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC):
-        return False
-    if any(d != 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ()))):
+    if rhs.shape[:2] != (1, 1) or not _is_plain_nhwc(
+        lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, groups, kwargs
+    ):
         return False
     # A 1x1 window needs no padding: "SAME" and "VALID" both add none.
     return isinstance(padding, str) or all(p == (0, 0) for p in map(tuple, padding))
