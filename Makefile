@@ -3,10 +3,6 @@ PY      := .venv/bin/python
 STAMP   := .venv/.installed
 XLA_TEST_FLAGS := --xla_force_host_platform_device_count=8
 export JAX_NUMPY_RANK_PROMOTION := raise
-# glibc's malloc backs large blocks with transparent huge pages: XLA:CPU allocates its
-# temporary buffers afresh each step, and faulting them in 4 KiB pages cost ~9% of a
-# ResNet-50 step on 2 cores. Unknown to glibc < 2.35, which ignores it. GLIBC_TUNABLES= disables.
-export GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
 
 # make train [CONFIG=experiments/configs/<recipe>.py[:<arg>]] [WORKDIR=runs/...] [FLAGS="--config.x=y"]
 CONFIG  ?= experiments/configs/digits.py

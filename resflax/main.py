@@ -79,14 +79,20 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.get_absl_handler().addFilter(_LibraryInfoFilter())
-    from resflax.train.loop import NonFiniteLossError, train_and_evaluate
-
     try:
         config = _CONFIG.value
         config.get("model")  # the file is loaded lazily: load it here, inside the try
     except (KeyError, AttributeError, ValueError, OSError) as e:
         _fail(e)
+    from resflax.train.host_memory import apply_host_malloc
+
+    try:
+        # Before anything starts threads that allocate (XLA's pools, orbax, tf.data).
+        apply_host_malloc(config.get("host_malloc", "auto"))
+    except ValueError as e:
+        _fail(e, unwrap=False)
     from resflax.train.distributed import initialize
+    from resflax.train.loop import NonFiniteLossError, train_and_evaluate
     from resflax.train.xla_cpu import apply_cpu_flags
 
     try:

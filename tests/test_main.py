@@ -2,6 +2,7 @@
 bitwise-exact resume across processes, SIGKILL during a checkpoint save, SIGTERM."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import jax
 import numpy as np
 import pytest
 
+from resflax.train.host_memory import cpu_only
 from tests.saved import metric_lines, saved_state, tree_hash
 
 ROOT = Path(__file__).parents[1]
@@ -73,6 +75,7 @@ BAD_INPUT = [
     (["--config.optimizer.learning_rate=-0.1"], DIGITS, "learning_rate=-0.1 must be positive"),
     (["--config.data.name=mnist"], DIGITS, "data.name='mnist' is not one of"),
     (["--config.xla_cpu_flags=xla_cpu_ftz"], DIGITS, "entry 'xla_cpu_ftz' is not an XLA flag"),
+    (["--config.host_malloc=keep"], DIGITS, "host_malloc='keep' is not one of"),
     ([], NOPE, "No such file or directory: 'experiments/configs/nope.py'"),
     (
         ["--config.data.data_dir=/tmp/resflax-no-data"],
@@ -111,6 +114,9 @@ def test_resume_in_a_new_process_is_bitwise_equal(straight, tmp_path):
     assert metric_lines(straight) == metric_lines(tmp_path)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["final_eval"]["num_examples"] == 359
+    # The CLI set malloc to keep freed memory before JAX started (host_memory.py).
+    glibc = "glibc" in (os.confstr("CS_GNU_LIBC_VERSION") or "")
+    assert summary["host_malloc"] == ("retain" if glibc and cpu_only() else "system")
 
 
 @pytest.mark.slow

@@ -15,11 +15,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "experiments" / "results"
-# glibc's malloc then asks the kernel for transparent huge pages: XLA:CPU allocates its
-# temporary buffers afresh every step, and faulting them in 4 KiB pages cost ~0.5 s of a
-# 5.9 s ResNet-50 step. `make` sets it for train and bench; torch (caching allocator) and
-# TensorFlow are measured without it, as users run them.
-HUGEPAGES = {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
 
 
 def cpu_name() -> str:

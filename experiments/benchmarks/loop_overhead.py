@@ -22,7 +22,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from experiments.benchmarks.common import (
-    HUGEPAGES,
     RESULTS,
     environment,
     median,
@@ -49,7 +48,7 @@ def loop_rate(model: str, batch: int, steps: int, log_every: int) -> float | str
             "except SystemExit as e:\n    assert not e.code, e.code\n"
             f"print(json.dumps(json.loads(pathlib.Path({workdir!r}, 'summary.json').read_text())))"
         )
-        r = run_child(["-c", code, *args[2:]], {"XLA_FLAGS": "", **HUGEPAGES}, timeout=1200)
+        r = run_child(["-c", code, *args[2:]], {"XLA_FLAGS": ""}, timeout=1200)
     return r.get("images_per_sec") or r.get("error", "no rate")
 
 
@@ -69,7 +68,7 @@ def main() -> None:
             print(json.dumps({"model": model, "loop_img_s": rate}), flush=True)
             if isinstance(rate, float):
                 loop.setdefault(model, []).append(rate)
-            env = {"XLA_FLAGS": "", "RESFLAX_MODEL_OVERRIDES": "{}", **HUGEPAGES}
+            env = {"XLA_FLAGS": "", "RESFLAX_MODEL_OVERRIDES": "{}"}
             r = run_child([CHILD, "resflax", model, str(batch), str(steps // 2)], env)
             print(json.dumps(r), flush=True)
             if "step_s" in r:

@@ -19,7 +19,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from experiments.benchmarks.common import (
-    HUGEPAGES,
     RESULTS,
     environment,
     median,
@@ -47,7 +46,7 @@ def main() -> None:
     rows = []
     for _ in range(args.rounds):
         for name, overrides in VARIANTS.items():
-            env = {"XLA_FLAGS": "", "RESFLAX_MODEL_OVERRIDES": json.dumps(overrides), **HUGEPAGES}
+            env = {"XLA_FLAGS": "", "RESFLAX_MODEL_OVERRIDES": json.dumps(overrides)}
             r = run_child(
                 [CHILD, "resflax", args.model, str(args.batch), str(args.steps)], env, timeout=900
             )

@@ -64,12 +64,16 @@ def main() -> None:
     ap.add_argument("--flags", default=None, help="XLA:CPU flags (default: the model's recipe)")
     ap.add_argument("--top", type=int, default=15)
     args = ap.parse_args()
-    from experiments.benchmarks.step_impls import WORKLOADS, jax_setup, recipe_flags
+    from experiments.benchmarks.step_impls import WORKLOADS, jax_setup, recipe_config
 
     if args.model not in WORKLOADS:
         sys.exit(f"unknown model {args.model!r}; valid: {', '.join(WORKLOADS)}")
     dump = tempfile.mkdtemp(prefix="resflax-hlo-")
-    flags = args.flags if args.flags is not None else recipe_flags(args.model)
+    config = recipe_config(args.model)
+    flags = args.flags if args.flags is not None else config.xla_cpu_flags
+    from resflax.train.host_memory import apply_host_malloc
+
+    apply_host_malloc(config.host_malloc)
     os.environ["XLA_FLAGS"] = f"{flags} --xla_dump_to={dump} --xla_dump_hlo_as_text".strip()
     import jax
     from jax._src.lib import _profile_data

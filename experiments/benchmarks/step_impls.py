@@ -3,7 +3,8 @@ implementation, timed in the process that runs this file:
 
     python experiments/benchmarks/step_impls.py IMPL MODEL BATCH STEPS
 
-IMPL: resflax | flax_example | torchvision | torchvision_cl | keras | matmul_jax | matmul_torch.
+IMPL: resflax | flax_example | torchvision | torchvision_cl | torchvision_cl_retain | keras |
+matmul_jax | matmul_torch.
 Prints one JSON line: the first step's time (compile or warm-up), then the timed steps.
 Each implementation is imported only in its own process: torch ran ~30% slower in a process
 that had JAX loaded, and torch and TensorFlow in one process crashed.
@@ -29,11 +30,24 @@ RECIPES = {"resnet18": "imagenet", "resnet50": "imagenet", "resnet56": "cifar10"
            "resnet20": "cifar10"}  # fmt: skip
 
 
-def recipe_flags(name: str) -> str:
+def recipe_config(name: str):
     import importlib
 
-    recipe = importlib.import_module(f"experiments.configs.{RECIPES[name]}")
-    return recipe.get_config(name).xla_cpu_flags
+    return importlib.import_module(f"experiments.configs.{RECIPES[name]}").get_config(name)
+
+
+def recipe_flags(name: str) -> str:
+    return recipe_config(name).xla_cpu_flags
+
+
+def recipe_setup(name: str) -> None:
+    """What `python -m resflax.main` sets before JAX starts, for that model's recipe."""
+    from resflax.train.host_memory import apply_host_malloc
+    from resflax.train.xla_cpu import apply_cpu_flags
+
+    config = recipe_config(name)
+    apply_host_malloc(config.host_malloc)
+    apply_cpu_flags(config.xla_cpu_flags)
 
 
 MATMUL_N = 4096
@@ -93,9 +107,7 @@ def _jax_step(model, size: int, classes: int, batch: int, steps: int) -> dict:
 
 
 def resflax(name: str, batch: int, steps: int) -> dict:
-    from resflax.train.xla_cpu import apply_cpu_flags
-
-    apply_cpu_flags(recipe_flags(name))  # as `python -m resflax.main` with that recipe
+    recipe_setup(name)
     from resflax.models import create_model
 
     size, classes, model_name = WORKLOADS[name]
@@ -124,7 +136,14 @@ def _torch_model(name: str, classes: int):
     return getattr(torchvision.models, name)(num_classes=classes)
 
 
-def torchvision_step(name: str, batch: int, steps: int, channels_last: bool = False) -> dict:
+def torchvision_step(
+    name: str, batch: int, steps: int, channels_last: bool = False, retain: bool = False
+) -> dict:
+    if retain:  # resflax's host_malloc="retain", before torch starts its threads
+        from resflax.train.host_memory import retain_freed_memory
+
+        if not retain_freed_memory():
+            raise RuntimeError("host_malloc retain needs glibc's mallopt")
     import torch
 
     torch.set_num_threads(os.cpu_count() or 1)
@@ -198,6 +217,7 @@ IMPLS = {
     "flax_example": flax_example,
     "torchvision": torchvision_step,
     "torchvision_cl": lambda n, b, s: torchvision_step(n, b, s, channels_last=True),
+    "torchvision_cl_retain": lambda n, b, s: torchvision_step(n, b, s, True, retain=True),
     "keras": keras,
     "matmul_jax": matmul_jax,
     "matmul_torch": matmul_torch,

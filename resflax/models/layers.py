@@ -43,7 +43,8 @@ def make_conv(dtype: Any = jnp.float32, grad: str = "lax") -> ModuleDef:
 
     How convolutions are written for the compiler (the same function, to float rounding):
     "lax" is JAX's own; "dot" writes 1x1 convolutions as matrix products (see `conv_dot_1x1`),
-    which XLA:CPU runs 2-4x faster with their gradients; "canonical" adds, for stride-1 kxk
+    which XLA:CPU runs 2-4x faster with their gradients, and gives strided kxk convolutions
+    an input gradient without zero-dilation; "canonical" adds, for stride-1 kxk
     convolutions, a backward pass in the layouts XLA:CPU runs fast inside loops (see
     `conv_canonical_grad`).
     """
@@ -110,17 +111,31 @@ def conv_dot_1x1(
     precision: Any = None,
     **kwargs: Any,
 ) -> Array:
-    """`lax.conv_general_dilated` with 1x1 NHWC convolutions written as matrix products.
+    """`lax.conv_general_dilated` with 1x1 NHWC convolutions written as matrix products, and
+    strided kxk ones given an input gradient without zero-dilation.
 
     A 1x1 convolution of stride s is `x[:, ::s, ::s] @ w`. JAX differentiates the
     convolution form into a weight gradient that is a convolution with an HxW window over
     transposed activations, which XLA:CPU runs at a fraction of its matmul rate (0.7 s of
     a 10 s ResNet-50 step for one layer); as a product both gradients are products too.
-    Every other convolution goes to lax unchanged.
+    Strided kxk convolutions keep lax's forward pass and weight gradient; their input
+    gradient is computed by phases (`_input_grad_by_phases`). Every other convolution goes
+    to lax unchanged.
     """
     if _is_plain_1x1(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                      dimension_numbers, feature_group_count, kwargs):  # fmt: skip
         return _dot_1x1(lhs, rhs, window_strides, precision)
+    if (
+        _STRIDED_PHASES
+        and any(s > 1 for s in window_strides)
+        and _is_plain_nhwc(
+            lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count, kwargs
+        )
+    ):
+        if isinstance(padding, str):
+            padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
+        pads = tuple(tuple(p) for p in padding)
+        return _conv_strided(lhs, rhs, tuple(window_strides), pads, precision)
     return lax.conv_general_dilated(
         lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
         feature_group_count, precision=precision, **kwargs,
@@ -185,6 +200,80 @@ def _conv_nhwc_bwd(padding, precision, residuals, g):
 
 
 _conv_nhwc.defvjp(_conv_nhwc_fwd, _conv_nhwc_bwd)
+
+
+# Benchmarks switch it off to measure what the phases save.
+_STRIDED_PHASES = True
+
+
+def _conv_strided_lax(x, w, strides, padding, precision):
+    return lax.conv_general_dilated(
+        x, w, strides, padding, dimension_numbers=_NHWC, precision=precision
+    )
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv_strided(x: Array, w: Array, strides: Any, padding: Any, precision: Any) -> Array:
+    return _conv_strided_lax(x, w, strides, padding, precision)
+
+
+def _conv_strided_fwd(x, w, strides, padding, precision):
+    return _conv_strided_lax(x, w, strides, padding, precision), (x, w)
+
+
+def _conv_strided_bwd(strides, padding, precision, residuals, g):
+    x, w = residuals
+    _, weight_vjp = jax.vjp(lambda w: _conv_strided_lax(x, w, strides, padding, precision), w)
+    dx = _input_grad_by_phases(g, w, x.shape[1:3], strides, padding, precision)
+    return dx.astype(x.dtype), weight_vjp(g)[0]
+
+
+_conv_strided.defvjp(_conv_strided_fwd, _conv_strided_bwd)
+
+
+def _phase_taps(k: int, s: int, pad: int, phase: int) -> list[int]:
+    """The kernel taps through which output rows reach input rows s*m + phase, ordered by
+    the output row each reads (m + (phase + pad - tap) // s, consecutive)."""
+    taps = [t for t in range(k) if (phase + pad - t) % s == 0]
+    return sorted(taps, key=lambda t: (phase + pad - t) // s)
+
+
+def _input_grad_by_phases(g, w, in_hw, strides, padding, precision):
+    """Input gradient of a strided convolution as s*s stride-1 convolutions, one per input
+    phase (rows and columns congruent mod s), interleaved afterwards.
+
+    JAX's transpose is one convolution over the output gradient dilated with s-1 zeros
+    between entries, which XLA:CPU runs densely: s^2 times the multiply-adds (ResNet-50's
+    three stride-2 3x3 convolutions: 0.38 s of a 5.3 s step). Each phase only meets the
+    kernel taps that reach it, so the phases together do the convolution's own work.
+    """
+    n, ho, wo, _ = g.shape
+    kh, kw, cin, _ = w.shape
+    (sh, sw), ((ph, _), (pw, _)) = strides, padding
+    h, wd = in_hw
+    mh, mw = -(-h // sh), -(-wd // sw)
+    rows = []
+    for a in range(sh):
+        ta, ma = _phase_taps(kh, sh, ph, a), len(range(a, h, sh))
+        cols = []
+        for b in range(sw):
+            tb, mb = _phase_taps(kw, sw, pw, b), len(range(b, wd, sw))
+            if not (ta and tb and ma and mb):
+                cols.append(jnp.zeros((n, mh, mw, cin), g.dtype))
+                continue
+            # Output rows m + d0 .. m + d1 feed input row s*m + a; pad where they run off.
+            d0, d1 = (a + ph - ta[0]) // sh, (a + ph - ta[-1]) // sh
+            e0, e1 = (b + pw - tb[0]) // sw, (b + pw - tb[-1]) // sw
+            lo_h, lo_w = max(0, -d0), max(0, -e0)
+            gp = jnp.pad(g, ((0, 0), (lo_h, max(0, ma - 1 + d1 - (ho - 1))),
+                             (lo_w, max(0, mb - 1 + e1 - (wo - 1))), (0, 0)))  # fmt: skip
+            gp = gp[:, d0 + lo_h : d0 + lo_h + ma + d1 - d0, e0 + lo_w : e0 + lo_w + mb + e1 - e0]
+            k = w[jnp.array(ta)][:, jnp.array(tb)].transpose(0, 1, 3, 2).astype(g.dtype)
+            y = _conv(gp, k, "VALID", precision)
+            cols.append(jnp.pad(y, ((0, 0), (0, mh - ma), (0, mw - mb), (0, 0))))
+        rows.append(jnp.stack(cols, axis=3))
+    dx = jnp.stack(rows, axis=2).reshape(n, mh * sh, mw * sw, cin)
+    return dx[:, :h, :wd]
 
 
 RUNNING_VARS = ("biased", "unbiased")

@@ -9,6 +9,7 @@ from typing import Any
 from resflax.data.sources import SOURCES, TFDS_SOURCES
 from resflax.models.registry import get_entry
 from resflax.models.resnet import ResNet
+from resflax.train.host_memory import GrowthGuard, check_mode
 from resflax.train.optim import OPTIMIZERS, SCHEDULES
 from resflax.train.parallel import PARALLEL
 from resflax.train.xla_cpu import parse_flags
@@ -44,6 +45,8 @@ def validate(config: Any) -> None:
     if config.dtype not in DTYPES:
         raise ValueError(f"dtype={config.dtype!r} is not one of {DTYPES}")
     parse_flags(config.get("xla_cpu_flags") or "")
+    check_mode(config.get("host_malloc", "auto"))
+    GrowthGuard(config.get("host_malloc_max_growth", 2.0))
     if config.prng_impl not in PRNG_IMPLS:
         raise ValueError(f"prng_impl={config.prng_impl!r} is not one of {PRNG_IMPLS}")
     if config.parallel not in PARALLEL:

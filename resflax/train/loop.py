@@ -29,7 +29,7 @@ from resflax.data.prefetch import Prefetch
 from resflax.data.sources import make_source
 from resflax.models.registry import create_model
 from resflax.train import config as config_lib
-from resflax.train import pretrained
+from resflax.train import host_memory, pretrained
 from resflax.train import step as step_lib
 from resflax.train.checkpoint import Checkpointer
 from resflax.train.losses import averages
@@ -233,6 +233,7 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
         return time.perf_counter() - session_start
 
     compile_seconds = None
+    heap_guard = host_memory.GrowthGuard(config.get("host_malloc_max_growth", 2.0))
     rates: list[float] = []
     last_eval: dict[str, float] | None = None
     pending: list[tuple[int, Any]] = []
@@ -268,6 +269,7 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
                     window = _add(window, fetched)
                 pending = []
                 if log:
+                    heap_guard.check()
                     scalars = {**averages(window), "learning_rate": float(schedule(step - 1))}
                     speed = progress.report(step, scalars)
                     if speed:
@@ -313,6 +315,7 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
         "dtype": config.dtype,
         "backend": jax.default_backend(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "host_malloc": host_memory.in_effect(),
         "final_eval": last_eval,
         "best_eval": loop["best"],
         "train_seconds": loop["train_seconds"] + elapsed(),

@@ -203,8 +203,9 @@ def test_scanned_model_counts_like_the_unrolled_one(tiny_kwargs):
     assert (scanned.params, scanned.macs) == (unrolled.params, unrolled.macs)
 
 
-def test_gradient_macs_are_about_twice_the_forward():
-    model = create_model("resnet20")
+@pytest.mark.parametrize("conv_grad", ["lax", "dot"])
+def test_gradient_macs_are_about_twice_the_forward(conv_grad):
+    model = create_model("resnet20", conv_grad=conv_grad)
     x = jnp.zeros((2, 32, 32, 3))
     variables = model.init(jax.random.key(0), x)
 
@@ -213,8 +214,10 @@ def test_gradient_macs_are_about_twice_the_forward():
 
     fwd = count_macs(lambda p: model.apply({**variables, "params": p}, x), variables["params"])
     train = jaxpr_macs(jax.make_jaxpr(jax.value_and_grad(loss))(variables["params"]))
-    # Backward = input gradients (all but the stem) + weight gradients (all layers).
-    assert 2.9 < train / fwd < 3.0
+    # Backward = input gradients (all but the stem) + weight gradients (all layers). The
+    # "dot" rewrite's input gradients of stride-2 convolutions (by phases) also multiply the
+    # zero padding at the last row and column of some phases: 2% more in all for ResNet-20.
+    assert 2.9 < train / fwd < (3.0 if conv_grad == "lax" else 3.1)
     assert math.isclose(fwd / 2 / 1e9, cost("resnet20").gmacs, rel_tol=1e-9)
 
 

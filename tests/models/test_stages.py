@@ -1,5 +1,7 @@
 """Scanned and remat'ed stages compute exactly what the unrolled stage computes."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -172,6 +174,47 @@ def test_dot_1x1_convolutions_equal_lax_with_gradients(strides, padding, dtype):
     # The input gradient of a strided 1x1 is zero off the sampled grid, as lax's.
     if strides == (2, 2):
         assert not np.asarray(ours[0][:, 1::2], np.float32).any()
+
+
+@pytest.mark.parametrize(
+    "size, kernel, strides, padding, dtype",
+    [
+        ((8, 8), (3, 3), (2, 2), ((1, 1), (1, 1)), jnp.float32),  # ResNet's stride-2 3x3
+        ((9, 7), (3, 3), (2, 2), ((1, 1), (1, 1)), jnp.float32),  # odd sizes
+        ((11, 10), (7, 7), (2, 2), ((3, 3), (3, 3)), jnp.float32),  # the stem's 7x7
+        ((10, 9), (3, 4), (3, 2), ((0, 2), (1, 0)), jnp.float32),  # uneven everything
+        ((9, 9), (3, 3), (2, 2), "SAME", jnp.float32),
+        ((6, 6), (2, 2), (3, 3), "VALID", jnp.float32),  # phases no tap reaches
+        ((8, 8), (3, 3), (2, 2), ((1, 1), (1, 1)), jnp.bfloat16),
+    ],
+)
+def test_strided_convolution_input_gradient_by_phases_equals_lax(
+    size, kernel, strides, padding, dtype
+):
+    from jax import lax
+
+    from resflax.models.layers import conv_dot_1x1
+
+    x = jax.random.normal(jax.random.key(0), (2, *size, 5), dtype)
+    w = jax.random.normal(jax.random.key(1), (*kernel, 5, 6), dtype)
+    dn = ("NHWC", "HWIO", "NHWC")
+
+    def loss(conv):
+        return lambda x, w: (jnp.sin(conv(x, w, strides, padding, dimension_numbers=dn))).sum()
+
+    ref = jax.grad(loss(lax.conv_general_dilated), (0, 1))(x, w)
+    ours = jax.grad(loss(conv_dot_1x1), (0, 1))(x, w)
+    tol = 2e-2 if dtype == jnp.bfloat16 else 1e-5
+    for a, b in zip(ours, ref, strict=True):
+        assert a.shape == b.shape and a.dtype == b.dtype == dtype
+        np.testing.assert_allclose(
+            np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=tol, atol=tol * 10
+        )
+    # No dilated convolution is left in the backward pass: that is the point.
+    text = jax.jit(jax.grad(loss(conv_dot_1x1))).lower(x, w).as_text()
+    assert set(re.findall(r"lhs_dilate = \[\d+, \d+\]", text)) <= {"lhs_dilate = [1, 1]"}
+    text = jax.jit(jax.grad(loss(lax.conv_general_dilated))).lower(x, w).as_text()
+    assert f"lhs_dilate = [{strides[0]}, {strides[1]}]" in text  # what it replaces
 
 
 def test_dot_1x1_leaves_other_convolutions_to_lax():
