@@ -27,4 +27,7 @@ def get_config(model: str = "resnet20"):
     c.log_every_steps = 50
     c.eval_every_steps = 200
     c.checkpoint_every_steps = 200
+    # 8x8 images: a step's buffers are a few MB, which glibc keeps anyway, and one malloc
+    # arena made this job 13% slower (2,320 -> 2,019 img/s) and its compile 1.4 s longer.
+    c.host_malloc = "system"
     return c
