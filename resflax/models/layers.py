@@ -122,16 +122,12 @@ def conv_dot_1x1(
     gradient is computed by phases (`_input_grad_by_phases`). Every other convolution goes
     to lax unchanged.
     """
-    if _is_plain_1x1(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
-                     dimension_numbers, feature_group_count, kwargs):  # fmt: skip
+    plain = _is_plain_nhwc(
+        lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count, kwargs
+    )
+    if plain and _is_unpadded_1x1(rhs, padding):
         return _dot_1x1(lhs, rhs, window_strides, precision)
-    if (
-        _STRIDED_PHASES
-        and any(s > 1 for s in window_strides)
-        and _is_plain_nhwc(
-            lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count, kwargs
-        )
-    ):
+    if plain and _STRIDED_PHASES and any(s > 1 for s in window_strides):
         if isinstance(padding, str):
             padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
         pads = tuple(tuple(p) for p in padding)
@@ -152,12 +148,8 @@ def _is_plain_nhwc(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, grou
     return dn == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
 
 
-def _is_plain_1x1(
-    lhs, rhs, strides, padding, lhs_dilation, rhs_dilation, dimension_numbers, groups, kwargs
-) -> bool:
-    if rhs.shape[:2] != (1, 1) or not _is_plain_nhwc(
-        lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, groups, kwargs
-    ):
+def _is_unpadded_1x1(rhs, padding) -> bool:
+    if rhs.shape[:2] != (1, 1):
         return False
     # A 1x1 window needs no padding: "SAME" and "VALID" both add none.
     return isinstance(padding, str) or all(p == (0, 0) for p in map(tuple, padding))
