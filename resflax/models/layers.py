@@ -162,9 +162,9 @@ def _dot_1x1(x: Array, w: Array, strides: Any, precision: Any) -> Array:
     return jnp.einsum("nhwc,cd->nhwd", x, w[0, 0], precision=precision)
 
 
-def _conv(x: Array, w: Array, padding: Any, precision: Any) -> Array:
+def _conv(x: Array, w: Array, padding: Any, precision: Any, strides: Any = (1, 1)) -> Array:
     return lax.conv_general_dilated(
-        x, w, (1, 1), padding, dimension_numbers=_NHWC, precision=precision
+        x, w, strides, padding, dimension_numbers=_NHWC, precision=precision
     )
 
 
@@ -198,24 +198,18 @@ _conv_nhwc.defvjp(_conv_nhwc_fwd, _conv_nhwc_bwd)
 _STRIDED_PHASES = True
 
 
-def _conv_strided_lax(x, w, strides, padding, precision):
-    return lax.conv_general_dilated(
-        x, w, strides, padding, dimension_numbers=_NHWC, precision=precision
-    )
-
-
 @partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def _conv_strided(x: Array, w: Array, strides: Any, padding: Any, precision: Any) -> Array:
-    return _conv_strided_lax(x, w, strides, padding, precision)
+    return _conv(x, w, padding, precision, strides)
 
 
 def _conv_strided_fwd(x, w, strides, padding, precision):
-    return _conv_strided_lax(x, w, strides, padding, precision), (x, w)
+    return _conv(x, w, padding, precision, strides), (x, w)
 
 
 def _conv_strided_bwd(strides, padding, precision, residuals, g):
     x, w = residuals
-    _, weight_vjp = jax.vjp(lambda w: _conv_strided_lax(x, w, strides, padding, precision), w)
+    _, weight_vjp = jax.vjp(lambda w: _conv(x, w, padding, precision, strides), w)
     dx = _input_grad_by_phases(g, w, x.shape[1:3], strides, padding, precision)
     return dx.astype(x.dtype), weight_vjp(g)[0]
 

@@ -20,9 +20,8 @@ recipe says "system"; ResNet-20/56 on 32x32 ran 22-27% faster, ResNet-50 on 224x
 One heap fragments: now and then small blocks take part of the hole the step's buffer left,
 and the heap grows by a whole buffer, that step taking 2-3 times as long (ResNet-50: 5.0 ->
 9.0 GB resident after 10 steps, then flat for 35; in another run 5 -> 9 -> 13 GB within 16
-steps). `GrowthGuard` bounds that: past
-a set multiple of the resident size at its first check, malloc is handed back its defaults
-and the free memory returned to the kernel.
+steps). `GrowthGuard` bounds that: past a set multiple of the resident size at its first
+check, malloc is handed back its defaults and the free memory returned to the kernel.
 """
 
 from __future__ import annotations
