@@ -93,10 +93,11 @@ def main(argv: list[str]) -> None:
         _fail(e, unwrap=False)
     from resflax.train.distributed import initialize
     from resflax.train.loop import NonFiniteLossError, train_and_evaluate
-    from resflax.train.xla_cpu import apply_cpu_flags
+    from resflax.train.xla_cpu import apply_cpu_flags, cpu_flags
 
     try:
-        apply_cpu_flags(config.xla_cpu_flags)  # before JAX starts its backends
+        # Before JAX starts its backends.
+        apply_cpu_flags(cpu_flags(config.xla_cpu_flags, remat=bool(config.model.get("remat"))))
         initialize(config.distributed)  # before any other JAX call
         summary = train_and_evaluate(config, _WORKDIR.value)
     except NonFiniteLossError as e:

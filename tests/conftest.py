@@ -2,8 +2,13 @@
 
 import os
 
-# Tests run with 8 fake CPU devices; set here too so a bare `pytest` behaves like `make test`.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# Tests run with 8 fake CPU devices, and with XLA:CPU's optimisation barriers kept so that
+# remat really recomputes (resflax/train/xla_cpu.py); set here too so a bare `pytest` behaves
+# like `make test`.
+os.environ.setdefault(
+    "XLA_FLAGS",
+    "--xla_force_host_platform_device_count=8 --xla_disable_hlo_passes=cse_barrier_expander",
+)
 
 import jax
 import pytest

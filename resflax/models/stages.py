@@ -33,7 +33,9 @@ class Stage(nn.Module):
     scan: run blocks 1..n-1 with `nn.scan` (constant compile time in depth).
     scan_unroll: iterations per loop trip when scanned (1 = a plain loop; `num_blocks - 1`
         unrolls completely, which is what XLA:CPU runs fastest; see README, "scan").
-    remat: recompute each block's activations in the backward pass (`nn.remat`).
+    remat: recompute each block's activations in the backward pass (`nn.remat`). Unscanned
+        on XLA:CPU this saves memory only with `resflax.train.xla_cpu.REMAT_FLAG` in XLA_FLAGS
+        (the CLI adds it): otherwise XLA:CPU merges the recomputation back into the forward.
     """
 
     block: ModuleDef

@@ -9,7 +9,14 @@ import sys
 import jax
 import pytest
 
-from resflax.train.xla_cpu import DEFAULT_FLAGS, apply_cpu_flags, jaxlib_knows, parse_flags
+from resflax.train.xla_cpu import (
+    DEFAULT_FLAGS,
+    REMAT_FLAG,
+    apply_cpu_flags,
+    cpu_flags,
+    jaxlib_knows,
+    parse_flags,
+)
 
 PROBE = """
 import json, os
@@ -61,3 +68,62 @@ def test_empty_applies_nothing_and_bad_entries_are_named():
     for bad in ("xla_cpu_ftz=true", "-", "--"):
         with pytest.raises(ValueError, match=f"entry '{bad}' is not an XLA flag"):
             parse_flags(f"--ok=1 {bad}")
+
+
+def test_list_flags_in_the_environment_are_extended_not_replaced():
+    assert jaxlib_knows("xla_disable_hlo_passes")
+    result, _ = probe(REMAT_FLAG, env_flags="--xla_disable_hlo_passes=constant_folding")
+    assert result["added"] == [REMAT_FLAG]
+    assert result["XLA_FLAGS"] == "--xla_disable_hlo_passes=constant_folding,cse_barrier_expander"
+    result, _ = probe(REMAT_FLAG, env_flags=REMAT_FLAG)  # already there: nothing to add
+    assert result == {"added": [], "XLA_FLAGS": REMAT_FLAG}
+
+
+def test_remat_flag_only_where_remat_runs_on_the_cpu_alone(monkeypatch):
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    assert cpu_flags(DEFAULT_FLAGS, remat=True) == f"{DEFAULT_FLAGS} {REMAT_FLAG}"
+    assert cpu_flags("", remat=True) == REMAT_FLAG
+    assert cpu_flags(DEFAULT_FLAGS, remat=False) == DEFAULT_FLAGS
+    monkeypatch.setenv("JAX_PLATFORMS", "cuda,cpu")
+    assert cpu_flags(DEFAULT_FLAGS, remat=True) == DEFAULT_FLAGS
+
+
+REMAT_PROBE = """
+import json, sys
+from resflax.train.xla_cpu import apply_cpu_flags
+apply_cpu_flags(sys.argv[1])
+import jax, jax.numpy as jnp
+from resflax.models import ResNet
+x = jax.random.normal(jax.random.key(1), (8, 16, 16, 3))
+out = {}
+for remat in (False, True):
+    m = ResNet(stage_sizes=(3, 3), block="bottleneck", widths=(8, 16), stem="cifar",
+               stem_width=8, num_classes=5, remat=remat)
+    v = m.init(jax.random.key(0), x)
+    loss = lambda p: m.apply({**v, "params": p}, x, train=True, mutable=["batch_stats"])[0].sum()
+    c = jax.jit(jax.grad(loss)).lower(v["params"]).compile()
+    grads = c(v["params"])
+    out[str(remat)] = {
+        "temp": c.memory_analysis().temp_size_in_bytes,
+        "products": sum(c.as_text().count(op) for op in (" dot(", " convolution(")),
+        "grad": float(sum(jnp.abs(g).sum() for g in jax.tree_util.tree_leaves(grads))),
+    }
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("flags", ["", REMAT_FLAG], ids=["xla-default", "remat-flag"])
+def test_remat_saves_memory_on_the_cpu_only_with_the_remat_flag(flags):
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    out = subprocess.run(
+        [sys.executable, "-c", REMAT_PROBE, flags], env=env, capture_output=True, text=True,
+        timeout=300, check=True,
+    )  # fmt: skip
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    plain, remat = r["False"], r["True"]
+    assert remat["grad"] == pytest.approx(plain["grad"], rel=1e-5)
+    if flags:  # the forward pass is computed again in the backward pass, in far less memory
+        assert remat["products"] > plain["products"]
+        assert remat["temp"] < 0.5 * plain["temp"]
+    else:  # XLA:CPU merged the recomputation back: if this fails, the flag may be unneeded
+        assert remat["temp"] >= 0.9 * plain["temp"]
