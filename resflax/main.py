@@ -97,7 +97,7 @@ def main(argv: list[str]) -> None:
 
     try:
         # Before JAX starts its backends.
-        apply_cpu_flags(cpu_flags(config.xla_cpu_flags, remat=bool(config.model.get("remat"))))
+        apply_cpu_flags(cpu_flags(config.xla_cpu_flags))
         initialize(config.distributed)  # before any other JAX call
         summary = train_and_evaluate(config, _WORKDIR.value)
     except NonFiniteLossError as e:

@@ -40,14 +40,14 @@ def recipe_flags(name: str) -> str:
     return recipe_config(name).xla_cpu_flags
 
 
-def recipe_setup(name: str, remat: bool = False) -> None:
+def recipe_setup(name: str) -> None:
     """What `python -m resflax.main` sets before JAX starts, for that model's recipe."""
     from resflax.train.host_memory import apply_host_malloc
     from resflax.train.xla_cpu import apply_cpu_flags, cpu_flags
 
     config = recipe_config(name)
     apply_host_malloc(config.host_malloc)
-    apply_cpu_flags(cpu_flags(config.xla_cpu_flags, remat=remat))
+    apply_cpu_flags(cpu_flags(config.xla_cpu_flags))
 
 
 MATMUL_N = 4096
@@ -107,11 +107,11 @@ def _jax_step(model, size: int, classes: int, batch: int, steps: int) -> dict:
 
 
 def resflax(name: str, batch: int, steps: int) -> dict:
-    overrides = json.loads(os.environ.get("RESFLAX_MODEL_OVERRIDES", "{}"))
-    recipe_setup(name, remat=bool(overrides.get("remat")))
+    recipe_setup(name)
     from resflax.models import create_model
 
     size, classes, model_name = WORKLOADS[name]
+    overrides = json.loads(os.environ.get("RESFLAX_MODEL_OVERRIDES", "{}"))
     model = create_model(model_name, num_classes=classes, **overrides)
     return _jax_step(model, size, classes, batch, steps)
 

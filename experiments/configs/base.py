@@ -47,6 +47,7 @@ def get_config() -> config_dict.ConfigDict:
             bn_momentum=placeholder(float),
             bn_running_var=placeholder(str),  # "unbiased": torch's running-variance update
             conv_grad=placeholder(str),
+            stored_act=placeholder(bool),  # None: on XLA:CPU (models.layers.relu_stored)
         )
     )
 

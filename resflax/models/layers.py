@@ -326,10 +326,33 @@ def make_norm(
     raise ValueError(f"norm={kind!r} is not one of {NORMS}")
 
 
-def get_activation(name: str) -> Callable[[Array], Array]:
+def get_activation(name: str, stored: bool = False) -> Callable[[Array], Array]:
+    """The activation `name`; with `stored`, ReLU becomes `relu_stored` (others unchanged)."""
     if name not in ACTIVATIONS:
         raise ValueError(f"act={name!r} is not one of {tuple(ACTIVATIONS)}")
-    return ACTIVATIONS[name]
+    return relu_stored if stored and name == "relu" else ACTIVATIONS[name]
+
+
+@jax.custom_jvp
+def relu_stored(x: Array) -> Array:
+    """ReLU computed once into its own buffer, and differentiated from its output.
+
+    XLA fuses a BatchNorm-ReLU chain into each of its consumers and recomputes it there (the
+    next convolution, the residual add, the transposes for weight gradients, the backward
+    masks). An optimisation barrier makes XLA store the output once; the derivative masks by
+    `y > 0` (the same mask as `x > 0`), so the backward pass reads that stored output, not the
+    normalisation's input. ResNet-50's CPU train step: 5.19 -> 4.87 s. XLA:CPU keeps the
+    barrier only with `--xla_disable_hlo_passes=cse_barrier_expander` (`train.xla_cpu`);
+    without it this is plain ReLU. Same values and derivatives as `nn.relu`.
+    """
+    return lax.optimization_barrier(jnp.maximum(x, 0))
+
+
+@relu_stored.defjvp
+def _relu_stored_jvp(primals: tuple[Array], tangents: tuple[Array]) -> tuple[Array, Array]:
+    y = relu_stored(*primals)
+    (t,) = tangents
+    return y, jnp.where(y > 0, t, jnp.zeros_like(t))
 
 
 def avg_pool_ceil(x: Array, stride: int) -> Array:

@@ -34,7 +34,7 @@ class Stage(nn.Module):
     scan_unroll: iterations per loop trip when scanned (1 = a plain loop; `num_blocks - 1`
         unrolls completely, which is what XLA:CPU runs fastest; see README, "scan").
     remat: recompute each block's activations in the backward pass (`nn.remat`). Unscanned
-        on XLA:CPU this saves memory only with `resflax.train.xla_cpu.REMAT_FLAG` in XLA_FLAGS
+        on XLA:CPU this saves memory only with `resflax.train.xla_cpu.BARRIER_FLAG` in XLA_FLAGS
         (the CLI adds it): otherwise XLA:CPU merges the recomputation back into the forward.
     """
 

@@ -10,8 +10,8 @@ import jax
 import pytest
 
 from resflax.train.xla_cpu import (
+    BARRIER_FLAG,
     DEFAULT_FLAGS,
-    REMAT_FLAG,
     apply_cpu_flags,
     cpu_flags,
     jaxlib_knows,
@@ -72,20 +72,19 @@ def test_empty_applies_nothing_and_bad_entries_are_named():
 
 def test_list_flags_in_the_environment_are_extended_not_replaced():
     assert jaxlib_knows("xla_disable_hlo_passes")
-    result, _ = probe(REMAT_FLAG, env_flags="--xla_disable_hlo_passes=constant_folding")
-    assert result["added"] == [REMAT_FLAG]
+    result, _ = probe(BARRIER_FLAG, env_flags="--xla_disable_hlo_passes=constant_folding")
+    assert result["added"] == [BARRIER_FLAG]
     assert result["XLA_FLAGS"] == "--xla_disable_hlo_passes=constant_folding,cse_barrier_expander"
-    result, _ = probe(REMAT_FLAG, env_flags=REMAT_FLAG)  # already there: nothing to add
-    assert result == {"added": [], "XLA_FLAGS": REMAT_FLAG}
+    result, _ = probe(BARRIER_FLAG, env_flags=BARRIER_FLAG)  # already there: nothing to add
+    assert result == {"added": [], "XLA_FLAGS": BARRIER_FLAG}
 
 
-def test_remat_flag_only_where_remat_runs_on_the_cpu_alone(monkeypatch):
+def test_barrier_flag_only_where_jax_runs_on_the_cpu_alone(monkeypatch):
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
-    assert cpu_flags(DEFAULT_FLAGS, remat=True) == f"{DEFAULT_FLAGS} {REMAT_FLAG}"
-    assert cpu_flags("", remat=True) == REMAT_FLAG
-    assert cpu_flags(DEFAULT_FLAGS, remat=False) == DEFAULT_FLAGS
+    assert cpu_flags(DEFAULT_FLAGS) == f"{DEFAULT_FLAGS} {BARRIER_FLAG}"
+    assert cpu_flags("") == BARRIER_FLAG
     monkeypatch.setenv("JAX_PLATFORMS", "cuda,cpu")
-    assert cpu_flags(DEFAULT_FLAGS, remat=True) == DEFAULT_FLAGS
+    assert cpu_flags(DEFAULT_FLAGS) == DEFAULT_FLAGS
 
 
 REMAT_PROBE = """
@@ -112,8 +111,8 @@ print(json.dumps(out))
 """
 
 
-@pytest.mark.parametrize("flags", ["", REMAT_FLAG], ids=["xla-default", "remat-flag"])
-def test_remat_saves_memory_on_the_cpu_only_with_the_remat_flag(flags):
+@pytest.mark.parametrize("flags", ["", BARRIER_FLAG], ids=["xla-default", "barrier-flag"])
+def test_remat_saves_memory_on_the_cpu_only_with_the_barrier_flag(flags):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     out = subprocess.run(
         [sys.executable, "-c", REMAT_PROBE, flags], env=env, capture_output=True, text=True,
