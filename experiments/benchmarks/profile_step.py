@@ -70,9 +70,11 @@ def main() -> None:
         sys.exit(f"unknown model {args.model!r}; valid: {', '.join(WORKLOADS)}")
     dump = tempfile.mkdtemp(prefix="resflax-hlo-")
     config = recipe_config(args.model)
-    flags = args.flags if args.flags is not None else config.xla_cpu_flags
     from resflax.train.host_memory import apply_host_malloc
+    from resflax.train.xla_cpu import cpu_flags
 
+    # As the CLI: the recipe's flags (or --flags) and XLA:CPU's optimisation barriers kept.
+    flags = cpu_flags(args.flags if args.flags is not None else config.xla_cpu_flags)
     apply_host_malloc(config.host_malloc)
     os.environ["XLA_FLAGS"] = f"{flags} --xla_dump_to={dump} --xla_dump_hlo_as_text".strip()
     import jax

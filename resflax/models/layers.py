@@ -159,7 +159,13 @@ def _dot_1x1(x: Array, w: Array, strides: Any, precision: Any) -> Array:
     sh, sw = strides
     if (sh, sw) != (1, 1):
         x = x[:, ::sh, ::sw]
-    return jnp.einsum("nhwc,cd->nhwd", x, w[0, 0], precision=precision)
+    # As a 2-D product: differentiated from the 4-D einsum, the weight gradient contracts over
+    # (n, h, w), and XLA:CPU first transposed the output gradient to put those dimensions
+    # last (41 ms for one [32,56,56,256] tensor); over a 2-D (n*h*w, c) matrix it contracts
+    # dimension 0 of both in place (one layer's step 0.34 -> 0.17 s).
+    n, h, w_, c = x.shape
+    y = jnp.dot(x.reshape(n * h * w_, c), w[0, 0], precision=precision)
+    return y.reshape(n, h, w_, -1)
 
 
 def _conv(x: Array, w: Array, padding: Any, precision: Any, strides: Any = (1, 1)) -> Array:

@@ -56,3 +56,26 @@ def test_resnet_gradients_unchanged_and_barriers_kept(tiny_kwargs, images):
     assert texts[1].count("opt-barrier(") == 1 + 2 * 4
     # None (the default): on for the CPU backend the tests run on.
     assert "optimization_barrier" in jax.jit(ResNet(**tiny_kwargs).apply).lower(v, images).as_text()
+
+
+def test_1x1_weight_gradient_contracts_in_place():
+    """Written as a 2-D product, the 1x1 convolution's weight gradient reads the output
+    gradient where it lies; from a 4-D einsum XLA:CPU transposed that gradient first."""
+    from resflax.models.layers import conv_dot_1x1
+
+    x, w = jnp.ones((2, 8, 8, 4)), jnp.ones((1, 1, 4, 16))
+    dn = ("NHWC", "HWIO", "NHWC")
+
+    def einsum_form(x, w, *args, **kwargs):
+        return jnp.einsum("nhwc,cd->nhwd", x, w[0, 0])
+
+    layouts = []
+    for conv in (conv_dot_1x1, einsum_form):
+
+        def loss(x, w, conv=conv):
+            return jnp.sum(jnp.sin(conv(x, w, (1, 1), "VALID", dimension_numbers=dn)))
+
+        text = jax.jit(jax.grad(loss, (0, 1))).lower(x, w).compile().as_text()
+        layouts.append(sum(text.count(op) for op in (" transpose(", " copy(")))
+    assert layouts[0] == 0
+    assert layouts[1] > 0  # if XLA stops doing this, the 2-D form is no longer needed
