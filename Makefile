@@ -49,7 +49,7 @@ sweep: $(STAMP)
 	$(PY) -m experiments.sweep --sweep $(SWEEP) --launcher $(LAUNCHER)
 
 test: $(STAMP)
-	XLA_FLAGS=$(XLA_TEST_FLAGS) $(PY) -m pytest -q -n 2 --durations=10
+	XLA_FLAGS="$(XLA_TEST_FLAGS)" $(PY) -m pytest -q -n 2 --durations=10
 
 lint: $(STAMP)
 	$(PY) -m ruff check resflax experiments tests

@@ -28,12 +28,17 @@ def cpu_name() -> str:
 
 
 def versions(packages: tuple[str, ...]) -> str:
+    """'name version' for each package; 'a|b' names one that installs under either name."""
     found = []
-    for p in packages:
-        try:
-            found.append(f"{p} {importlib.metadata.version(p)}")
-        except importlib.metadata.PackageNotFoundError:
-            found.append(f"{p} (not installed)")
+    for entry in packages:
+        for p in entry.split("|"):
+            try:
+                found.append(f"{p} {importlib.metadata.version(p)}")
+                break
+            except importlib.metadata.PackageNotFoundError:
+                continue
+        else:
+            found.append(f"{entry.split('|')[0]} (not installed)")
     return ", ".join(found)
 
 

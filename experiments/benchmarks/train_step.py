@@ -216,7 +216,15 @@ def main() -> None:
                         f.write(json.dumps(r) + "\n")
     text, _ = tables(rows, models, impls)
     print(text)
-    packages = ("jax", "jaxlib", "flax", "torch", "torchvision", "tensorflow", "keras")
+    packages = (
+        "jax",
+        "jaxlib",
+        "flax",
+        "torch",
+        "torchvision",
+        "tensorflow|tensorflow-cpu",
+        "keras",
+    )
     intro = __doc__.split("\n\n", 2)[2].strip()
     intro += f"\n\nMachine: {environment(packages)}. {args.rounds} rounds."
     cmd = "python experiments/benchmarks/train_step.py " + " ".join(sys.argv[1:])
