@@ -347,7 +347,7 @@ def relu_stored(x: Array) -> Array:
     next convolution, the residual add, the transposes for weight gradients, the backward
     masks). An optimisation barrier makes XLA store the output once; the derivative masks by
     `y > 0` (the same mask as `x > 0`), so the backward pass reads that stored output, not the
-    normalisation's input. ResNet-50's CPU train step: 5.19 -> 4.87 s. XLA:CPU keeps the
+    normalisation's input. ResNet-50's CPU train step: 5.19 -> 4.85 s. XLA:CPU keeps the
     barrier only with `--xla_disable_hlo_passes=cse_barrier_expander` (`train.xla_cpu`);
     without it this is plain ReLU. Same values and derivatives as `nn.relu`.
     """

@@ -12,7 +12,7 @@ keep them until after scheduling). Its common-subexpression pass then merged eac
 block's recomputed forward pass back into the original one, so `remat=True` saved no memory,
 and `layers.relu_stored` was plain ReLU. `BARRIER_FLAG` keeps the barriers: ResNet-50's train
 step (batch 32, 224x224) needs 1.26 GB of temporary buffers with remat instead of 4.25 GB, and
-without remat steps in 4.87 s instead of 5.19 s. `cpu_flags` adds it where JAX runs on the CPU
+without remat steps in 4.85 s instead of 5.19 s. `cpu_flags` adds it where JAX runs on the CPU
 alone.
 
 XLA reads XLA_FLAGS once, when the first backend starts; a flag the installed jaxlib does not
