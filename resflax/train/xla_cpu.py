@@ -70,7 +70,8 @@ def parse_flags(flags: str) -> list[tuple[str, str]]:
 
 
 def apply_cpu_flags(flags: str) -> list[str]:
-    """Adds `flags` to XLA_FLAGS, except those already set there (the environment wins) and
+    """Adds `flags` to XLA_FLAGS, except those already set there (the environment wins; a
+    list-valued flag such as xla_disable_hlo_passes gets the missing entries appended) and
     those this jaxlib does not know (logged and skipped). Returns the flags added. Must run
     before the first JAX computation; afterwards it changes nothing and says so."""
     wanted = parse_flags(flags)
