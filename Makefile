@@ -1,7 +1,8 @@
 # One command per target. Every target installs first, so on a fresh machine `make test` is enough.
 PY      := .venv/bin/python
 STAMP   := .venv/.installed
-# Remat tests recompute for real only with XLA:CPU's barriers kept (resflax/train/xla_cpu.py).
+# With XLA:CPU's optimisation barriers kept, as the CLI runs: remat really recomputes and
+# relu_stored really stores (resflax/train/xla_cpu.py).
 XLA_TEST_FLAGS := --xla_force_host_platform_device_count=8 --xla_disable_hlo_passes=cse_barrier_expander
 export JAX_NUMPY_RANK_PROMOTION := raise
 

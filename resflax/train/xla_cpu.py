@@ -34,8 +34,8 @@ _LIST_FLAGS = ("xla_disable_hlo_passes",)
 
 
 def cpu_flags(flags: str) -> str:
-    """`flags` plus BARRIER_FLAG where JAX runs on the CPU alone (the flag is for XLA:CPU's
-    pipeline; accelerator compilers run that pass after scheduling, where it is harmless)."""
+    """`flags` plus BARRIER_FLAG where JAX runs on the CPU alone. Accelerator compilers keep
+    barriers until after scheduling by themselves, so where one may run the pass stays on."""
     from resflax.train.host_memory import cpu_only
 
     return f"{flags} {BARRIER_FLAG}".strip() if cpu_only() else flags

@@ -7,7 +7,7 @@ import pytest
 from flax import linen as nn
 
 from resflax.models import ResNet
-from resflax.models.layers import get_activation, relu_stored
+from resflax.models.layers import conv_dot_1x1, get_activation, relu_stored
 
 
 def test_values_and_derivatives_equal_relu_including_at_zero():
@@ -61,8 +61,6 @@ def test_resnet_gradients_unchanged_and_barriers_kept(tiny_kwargs, images):
 def test_1x1_weight_gradient_contracts_in_place():
     """Written as a 2-D product, the 1x1 convolution's weight gradient reads the output
     gradient where it lies; from a 4-D einsum XLA:CPU transposed that gradient first."""
-    from resflax.models.layers import conv_dot_1x1
-
     x, w = jnp.ones((2, 8, 8, 4)), jnp.ones((1, 1, 4, 16))
     dn = ("NHWC", "HWIO", "NHWC")
 
