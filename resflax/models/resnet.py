@@ -85,6 +85,12 @@ class ResNet(nn.Module):
             return "lax"
         return "canonical" if self.scan else "dot"
 
+    def _stored_act(self) -> bool:
+        # Only XLA:CPU recomputed BatchNorm-ReLU chains in every consumer (see layers).
+        if self.stored_act is not None:
+            return self.stored_act
+        return jax.default_backend() == "cpu"
+
     def _check(self) -> tuple[int, ...]:
         n = len(self.stage_sizes)
         if n == 0 or any(int(s) < 1 for s in self.stage_sizes):
@@ -116,8 +122,7 @@ class ResNet(nn.Module):
         if x.ndim != 4:
             raise ValueError(f"expected NHWC images, got an input of shape {x.shape}")
         dtype = jnp.dtype(self.dtype)
-        stored = self.stored_act
-        act = get_activation(self.act, jax.default_backend() == "cpu" if stored is None else stored)
+        act = get_activation(self.act, self._stored_act())
         conv = make_conv(dtype, self._conv_grad())
         norm = make_norm(
             self.norm, train=train, dtype=dtype, axis_name=self.axis_name,
