@@ -47,7 +47,8 @@ def get_config() -> config_dict.ConfigDict:
             bn_momentum=placeholder(float),
             bn_running_var=placeholder(str),  # "unbiased": torch's running-variance update
             conv_grad=placeholder(str),
-            stored_act=placeholder(bool),  # None: on XLA:CPU (models.layers.relu_stored)
+            stored_act=placeholder(bool),  # None: on CPU and GPU (models.layers.relu_stored)
+            stem_s2d=placeholder(bool),  # None: on GPU (models.layers.conv_space_to_depth)
         )
     )
 

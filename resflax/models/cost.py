@@ -135,4 +135,8 @@ def cost(
             + stats.temp_size_in_bytes
             - stats.alias_size_in_bytes
         )
-    return Cost(params, count_macs(forward, variables, x), input_shape, memory_bytes)
+    # The function's multiply-adds, as papers count them: the space-to-depth stem (on by
+    # default on GPU) adds the zero taps of its 7x7 kernel padded to 8x8.
+    plain = model.clone(stem_s2d=False)
+    macs = count_macs(lambda v, x: plain.apply(v, x), variables, x)
+    return Cost(params, macs, input_shape, memory_bytes)

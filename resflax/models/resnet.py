@@ -39,8 +39,12 @@ class ResNet(nn.Module):
         "dot" (1x1 convolutions as matrix products), "canonical" (dot, plus loop-friendly
         gradients of kxk convolutions) or "auto": on CPU canonical for scanned models and dot
         otherwise, lax on other backends. The same function, to float rounding.
+    stem_s2d: the stem's strided first convolution computed space-to-depth
+        (`layers.conv_space_to_depth`; same parameters and values); None: on GPU only, where
+        it made the ResNet-50 step 4.7% faster (no change on XLA:CPU).
     stored_act: ReLU outputs stored once and differentiated from there (`layers.relu_stored`);
-        None: on XLA:CPU only, where it makes the train step faster. The same values.
+        None: on CPU and GPU, where it made the train step faster (XLA:CPU 7%, GPU 0.4-1%).
+        The same values.
     """
 
     stage_sizes: Sequence[int]
@@ -74,6 +78,7 @@ class ResNet(nn.Module):
     remat_policy: str = "nothing"
     conv_grad: str = "auto"
     stored_act: bool | None = None
+    stem_s2d: bool | None = None
 
     def _conv_grad(self) -> str:
         # XLA:CPU runs 1x1 convolutions' gradients fast only as matrix products, and scanned
@@ -86,10 +91,18 @@ class ResNet(nn.Module):
         return "canonical" if self.scan else "dot"
 
     def _stored_act(self) -> bool:
-        # Only XLA:CPU recomputed BatchNorm-ReLU chains in every consumer (see layers).
+        # XLA:CPU recomputed BatchNorm-ReLU chains in every consumer (see layers); on GPU
+        # the stored output saves a little too. TPUs are unmeasured: left as JAX writes it.
         if self.stored_act is not None:
             return self.stored_act
-        return jax.default_backend() == "cpu"
+        return jax.default_backend() in ("cpu", "gpu")
+
+    def _stem_s2d(self) -> bool:
+        # cuDNN runs a 7x7/2 convolution over 3 channels at a twentieth of its matmul rate;
+        # over 12 channels (4x4, stride 1) it fills tensor-core tiles.
+        if self.stem_s2d is not None:
+            return self.stem_s2d
+        return jax.default_backend() == "gpu"
 
     def _check(self) -> tuple[int, ...]:
         n = len(self.stage_sizes)
@@ -138,7 +151,7 @@ class ResNet(nn.Module):
         features: dict[str, Array] = {}
         x = Stem(
             self.stem, self.stem_width, conv=conv, norm=norm, act=act, preact=self.preact,
-            name="stem",
+            space_to_depth=self._stem_s2d(), name="stem",
         )(x.astype(dtype))  # fmt: skip
         features["stem"] = x
         total = sum(self.stage_sizes)

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import flax.linen as nn
 
-from resflax.models.layers import Array, ModuleDef, pad
+from resflax.models.layers import Array, ModuleDef, conv_space_to_depth, pad
 from resflax.models.pool import max_pool
 
 STEMS = ("imagenet", "cifar", "deep")
@@ -22,7 +22,8 @@ class Stem(nn.Module):
     (He et al. 2015 §4.2). `deep`: three 3x3 convs (widths w, w, 2w) + max-pool (ResNet-C/D).
 
     With `preact=True` the last convolution is left unnormalised: the first pre-activation
-    block normalises its input itself.
+    block normalises its input itself. `space_to_depth` computes the first (strided)
+    convolution as `layers.conv_space_to_depth`: the same function and parameters.
     """
 
     kind: str
@@ -31,6 +32,13 @@ class Stem(nn.Module):
     norm: ModuleDef
     act: Callable[[Array], Array]
     preact: bool = False
+    space_to_depth: bool = False
+
+    def _first_conv(self, width: int, k: int, s: int, name: str) -> ModuleDef:
+        # Only over the image's few channels does the rearrangement pay (see layers).
+        s2d = self.space_to_depth and s == 2
+        extra = {"conv_general_dilated": conv_space_to_depth} if s2d else {}
+        return self.conv(width, (k, k), (s, s), padding=pad(k), name=name, **extra)
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -39,12 +47,15 @@ class Stem(nn.Module):
         if self.kind == "deep":
             widths = (self.width, self.width, 2 * self.width)
             for i, (w, s) in enumerate(zip(widths, (2, 1, 1), strict=True), start=1):
-                x = self.conv(w, (3, 3), (s, s), padding=pad(3), name=f"conv{i}")(x)
+                if i == 1:
+                    x = self._first_conv(w, 3, s, "conv1")(x)
+                else:
+                    x = self.conv(w, (3, 3), (s, s), padding=pad(3), name=f"conv{i}")(x)
                 if i < 3 or not self.preact:
                     x = self.act(self.norm(name=f"norm{i}")(x))
             return max_pool_3x3_s2(x)
         k, s = (7, 2) if self.kind == "imagenet" else (3, 1)
-        x = self.conv(self.width, (k, k), (s, s), padding=pad(k), name="conv")(x)
+        x = self._first_conv(self.width, k, s, "conv")(x)
         if not self.preact:
             x = self.act(self.norm(name="norm")(x))
         if self.kind == "imagenet":

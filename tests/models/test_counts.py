@@ -154,6 +154,17 @@ def test_v1_moves_cost_not_parameters():
     assert v15.macs - v1.macs == 3 * 3 * 28 * 28 * 256 * 128
 
 
+def test_space_to_depth_stem_counts_as_the_7x7_it_computes():
+    # The rearranged stem multiplies zero taps too (8x8 kernel, 12 channels); cost() counts
+    # the convolution the model means, whatever the backend's default.
+    s2d = create_model("resnet50", stem_s2d=True)
+    assert cost(s2d, (1, 224, 224, 3)).macs == cost("resnet50").macs
+    x = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
+    v = jax.eval_shape(s2d.init, jax.random.key(0), x)
+    executed = count_macs(lambda v, x: s2d.apply(v, x), v, x) - cost("resnet50").macs
+    assert executed == 112 * 112 * 64 * (4 * 4 * 12 - 7 * 7 * 3)
+
+
 def test_shortcut_options_change_the_count_exactly():
     base = count_params(create_model("resnet20"), (1, 32, 32, 3))
     b = count_params(create_model("resnet20", shortcut="B"), (1, 32, 32, 3))
