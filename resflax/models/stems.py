@@ -34,8 +34,9 @@ class Stem(nn.Module):
     preact: bool = False
     space_to_depth: bool = False
 
-    def _first_conv(self, width: int, k: int, s: int, name: str) -> ModuleDef:
-        # Only over the image's few channels does the rearrangement pay (see layers).
+    def _conv(self, width: int, k: int, s: int, name: str) -> ModuleDef:
+        # Only the first convolution is strided, over the image's few channels: there the
+        # rearrangement pays (see layers).
         s2d = self.space_to_depth and s == 2
         extra = {"conv_general_dilated": conv_space_to_depth} if s2d else {}
         return self.conv(width, (k, k), (s, s), padding=pad(k), name=name, **extra)
@@ -47,15 +48,12 @@ class Stem(nn.Module):
         if self.kind == "deep":
             widths = (self.width, self.width, 2 * self.width)
             for i, (w, s) in enumerate(zip(widths, (2, 1, 1), strict=True), start=1):
-                if i == 1:
-                    x = self._first_conv(w, 3, s, "conv1")(x)
-                else:
-                    x = self.conv(w, (3, 3), (s, s), padding=pad(3), name=f"conv{i}")(x)
+                x = self._conv(w, 3, s, f"conv{i}")(x)
                 if i < 3 or not self.preact:
                     x = self.act(self.norm(name=f"norm{i}")(x))
             return max_pool_3x3_s2(x)
         k, s = (7, 2) if self.kind == "imagenet" else (3, 1)
-        x = self._first_conv(self.width, k, s, "conv")(x)
+        x = self._conv(self.width, k, s, "conv")(x)
         if not self.preact:
             x = self.act(self.norm(name="norm")(x))
         if self.kind == "imagenet":
