@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# XLA GPU compiler options for the ResNet-50 bf16 step (run on a lent GPU after gpu.sh): the
+# default step, then the same step under each candidate flag, each in its own process (an
+# experimental flag may abort XLA; that row then reads "failed"). Cuts each process at
+# ${LIMIT:-40} s (about 30 s each on an H200).
+# Writes $OUT/gpu_flags.md and the raw rows.
+#
+#   bash experiments/benchmarks/gpu_flags.sh [BATCH] [STEPS]
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+batch=${1:-256}
+steps=${2:-15}
+out=${OUT:-/tmp}
+rows=$out/gpu_flags_rows.jsonl
+: > "$rows"
+# Later processes reuse the first one's autotuning results (compile time, not step time).
+cache="--xla_gpu_per_fusion_autotune_cache_dir=/tmp/resflax-autotune"
+flags=(
+  ""
+  "--xla_gpu_experimental_enable_fusion_block_level_rewriter=true"
+  "--xla_gpu_experimental_enable_conv_fusion=true"
+  "--xla_gpu_experimental_enable_triton_heroless_priority_fusion=true"
+  "--xla_gpu_unsupported_enable_triton_multi_output_fusion=true"
+)
+for f in "${flags[@]}"; do
+  label=${f:-default}
+  row=$(XLA_FLAGS="$cache $f" timeout "${LIMIT:-40}" python3 experiments/benchmarks/gpu_bench.py \
+    resflax "$batch" "$steps" 2>/dev/null | grep '^{' | tail -1)
+  [ -n "$row" ] || row="{\"error\": \"no result (aborted, or over ${LIMIT:-40} s)\"}"
+  python3 -c 'import json, sys; r = json.loads(sys.argv[1]); r["impl"] = "resflax " + sys.argv[2]; print(json.dumps(r))' \
+    "$row" "$label" | tee -a "$rows"
+done
+python3 experiments/benchmarks/gpu_bench.py table "$rows" "$out/gpu_flags.md"
