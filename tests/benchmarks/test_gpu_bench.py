@@ -1,0 +1,61 @@
+"""The GPU benchmark's pure parts, checked here since the GPU itself is lent only now and then:
+variant parsing, the table's arithmetic, the profile's kernel kinds, and the MAC constant."""
+
+import json
+
+import pytest
+
+from experiments.benchmarks import gpu_bench
+from experiments.benchmarks.gpu_profile import kernel_kind
+from resflax.models import cost
+
+
+def test_resnet50_macs_constant_is_the_zoo_count():
+    assert cost("resnet50").macs == gpu_bench.RESNET50_MACS
+
+
+def test_parse_variant():
+    assert gpu_bench.parse_variant("default") == {}
+    assert gpu_bench.parse_variant("stem_s2d=false,batch=512,conv_grad=dot") == {
+        "stem_s2d": False, "batch": 512, "conv_grad": "dot",
+    }  # fmt: skip
+    assert gpu_bench.parse_variant("remat=TRUE") == {"remat": True}
+    with pytest.raises(ValueError, match="'stem_s2d' is not key=value"):
+        gpu_bench.parse_variant("stem_s2d")
+
+
+def test_table_mfu_ratio_and_failures(tmp_path):
+    def row(impl, img_s, **kw):
+        return {"impl": impl, "batch": 256, "step_s": 256 / img_s, "img_s": img_s,
+                "compile_s": 10.0, "device": "NVIDIA H200", **kw}  # fmt: skip
+
+    rows = [
+        row("resflax", 7500.0, matmul_flops=800e12, jax="0.11.2"),
+        row("torch.compile", 6250.0, matmul_flops=790e12, torch="2.11.0"),
+        {"impl": "resflax (conv_grad=dot)", "error": "aborted"},
+    ]
+    path = tmp_path / "rows.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    gpu_bench.table(str(path), str(tmp_path / "out.md"))
+    text = (tmp_path / "out.md").read_text()
+    mfu = 7500 * gpu_bench.RESNET50_MACS * 6 / 989.4e12
+    assert f"| resflax | 256 | 7500 | 34.1 | 10.0 | {100 * mfu:.1f}% |" in text
+    assert "resflax / torch.compile at batch 256: 1.20x" in text
+    assert "vs the 7,500 img/s target (set for an H100): 1.00x" in text
+    assert "| resflax (conv_grad=dot) | failed: aborted |" in text
+    assert "800 TFLOP/s (jax), 790 TFLOP/s (torch)" in text
+
+
+@pytest.mark.parametrize(
+    "name, kind",
+    [
+        ("input_reduce_select_fusion.3", "XLA reductions"),
+        ("loop_maximum_fusion_2", "XLA elementwise"),
+        ("nvjet_sm90_tst_128x128_64x6_1x2_h_bz_splitK_NTT", "cuBLAS"),
+        ("sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc", "cuDNN"),
+        ("void cutlass__5x_cudnn::Kernel<cutlass_tensorop_bf16_s16816fprop>", "cuDNN"),
+        ("MemcpyD2D", "other"),
+    ],
+)
+def test_kernel_kinds(name, kind):
+    assert kernel_kind(name).startswith(kind)
