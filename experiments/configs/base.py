@@ -49,6 +49,7 @@ def get_config() -> config_dict.ConfigDict:
             conv_grad=placeholder(str),
             stored_act=placeholder(bool),  # None: on CPU and GPU (models.layers.relu_stored)
             stem_s2d=placeholder(bool),  # None: on GPU (models.layers.conv_space_to_depth)
+            bn_grad=placeholder(str),  # autodiff | closed (models.norms.batch_norm_train)
         )
     )
 

@@ -9,7 +9,8 @@ from resflax.models.blocks import (
 )
 from resflax.models.cost import Cost, cost, count_macs, count_params
 from resflax.models.heads import Head
-from resflax.models.layers import SqueezeExcite, make_conv, make_norm
+from resflax.models.layers import SqueezeExcite, make_conv
+from resflax.models.norms import BatchNorm, batch_norm_train, make_norm
 from resflax.models.registry import ModelEntry, create_model, get_entry, list_models
 from resflax.models.resnet import ResNet
 from resflax.models.stages import Stage, stack_blocks, unstack_blocks
@@ -17,6 +18,7 @@ from resflax.models.stems import Stem
 
 __all__ = [
     "BasicBlock",
+    "BatchNorm",
     "BottleneckBlock",
     "Cost",
     "Head",
@@ -28,6 +30,7 @@ __all__ = [
     "SqueezeExcite",
     "Stage",
     "Stem",
+    "batch_norm_train",
     "cost",
     "count_macs",
     "count_params",

@@ -1,4 +1,5 @@
-"""Factories for convolution, normalisation and activation, and the residual shortcut kinds.
+"""Factories for convolution and activation, and the residual shortcut kinds (normalisation:
+`norms`).
 
 The parent network builds `conv`, `norm` and `act` once (dtype, norm kind and train mode are
 decided there) and hands them to stems and blocks, which only choose shapes and names.
@@ -18,7 +19,6 @@ from jax import lax
 ModuleDef = Any
 Array = jax.Array
 
-NORMS = ("batch", "group")
 ACTIVATIONS = {"relu": nn.relu, "silu": nn.silu, "gelu": nn.gelu}
 # Shortcut kinds: the three options of He et al. 2015 (A: zero-padded identity, B: projection
 # where the shape changes, C: projection everywhere) and "D", the average-pool downsampling
@@ -315,70 +315,6 @@ def _input_grad_by_phases(g, w, in_hw, strides, padding, precision):
         rows.append(jnp.stack(cols, axis=3))
     dx = jnp.stack(rows, axis=2).reshape(n, mh * sh, mw * sw, cin)
     return dx[:, :h, :wd]
-
-
-RUNNING_VARS = ("biased", "unbiased")
-
-
-class UnbiasedBatchNorm(nn.BatchNorm):
-    """BatchNorm whose running variance is updated with the unbiased batch variance
-    (n / (n - 1) times the biased one), as torch does; normalisation is the same as Flax's.
-    Same variables as `nn.BatchNorm`, so checkpoints and conversions are interchangeable."""
-
-    @nn.compact
-    def __call__(self, x, use_running_average=None, **kwargs):
-        training = not nn.merge_param(
-            "use_running_average", self.use_running_average, use_running_average
-        )
-        if not training or self.is_initializing() or not self.has_variable("batch_stats", "var"):
-            return super().__call__(x, use_running_average=use_running_average, **kwargs)
-        old = self.get_variable("batch_stats", "var")
-        y = super().__call__(x, use_running_average=use_running_average, **kwargs)
-        new = self.get_variable("batch_stats", "var")
-        n = x.size // x.shape[-1]
-        if self.axis_name is not None:
-            n = n * jax.lax.psum(1, self.axis_name)
-        # new = m * old + (1 - m) * biased; torch adds (1 - m) * biased / (n - 1) on top.
-        biased_step = new - self.momentum * old
-        self.put_variable("batch_stats", "var", new + biased_step / max(n - 1, 1))
-        return y
-
-
-def make_norm(
-    kind: str = "batch",
-    *,
-    train: bool = False,
-    dtype: Any = jnp.float32,
-    axis_name: str | None = None,
-    momentum: float = 0.9,
-    epsilon: float = 1e-5,
-    groups: int = 32,
-    running_var: str = "biased",
-) -> ModuleDef:
-    """BatchNorm (optionally synchronised over `axis_name`) or GroupNorm.
-
-    momentum=0.9 in Flax's convention is torch's momentum=0.1; epsilon 1e-5 matches torchvision.
-    `running_var="unbiased"` updates the running variance as torch does (see
-    `UnbiasedBatchNorm`). Statistics and affine parameters stay float32 whatever the compute
-    dtype.
-    """
-    if running_var not in RUNNING_VARS:
-        raise ValueError(f"bn_running_var={running_var!r} is not one of {RUNNING_VARS}")
-    if kind == "batch":
-        return partial(
-            UnbiasedBatchNorm if running_var == "unbiased" else nn.BatchNorm,
-            use_running_average=not train,
-            momentum=momentum,
-            epsilon=epsilon,
-            dtype=dtype,
-            param_dtype=jnp.float32,
-            axis_name=axis_name,
-        )
-    if kind == "group":
-        return partial(
-            nn.GroupNorm, num_groups=groups, epsilon=epsilon, dtype=dtype, param_dtype=jnp.float32
-        )
-    raise ValueError(f"norm={kind!r} is not one of {NORMS}")
 
 
 def get_activation(name: str, stored: bool = False) -> Callable[[Array], Array]:

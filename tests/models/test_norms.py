@@ -1,0 +1,164 @@
+"""BatchNorm's closed-form backward pass: the same values, statistics and gradients as
+differentiating Flax's forward pass, with fewer sums over the batch."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from resflax.models import BatchNorm, ResNet, make_norm
+
+RTOL = {jnp.float32: 1e-5, jnp.bfloat16: 2e-2}
+
+
+def _inputs(shape=(4, 5, 6, 8)):
+    return jax.random.normal(jax.random.key(1), shape) * 2.0 + 1.0
+
+
+def _value_and_grads(norm, x, dtype=jnp.float32, axis_name=None):
+    """Loss, output, updated statistics and the gradients of a loss that is not linear in y."""
+    bn = norm()
+    v = bn.init(jax.random.key(0), x[0] if axis_name else x)
+    params = jax.tree.map(lambda a: a + jnp.linspace(-0.3, 0.4, a.size), v["params"])
+    w = jax.random.normal(jax.random.key(2), x.shape[-1:])
+
+    def loss(params, x):
+        y, upd = bn.apply({"params": params, "batch_stats": v["batch_stats"]}, x,
+                          mutable=["batch_stats"])  # fmt: skip
+        return jnp.sum(jnp.sin(y.astype(jnp.float32)) * w), (y, upd)
+
+    f = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)
+    if axis_name:
+        f = jax.vmap(f, in_axes=(None, 0), axis_name=axis_name)
+    return jax.jit(f)(params, x.astype(dtype))
+
+
+def _assert_close(a, b, dtype=jnp.float32):
+    rtol = RTOL[dtype]
+
+    def close(u, w):
+        u, w = np.asarray(u, np.float32), np.asarray(w, np.float32)
+        np.testing.assert_allclose(u, w, rtol=rtol, atol=rtol * max(1.0, np.abs(w).max()))
+
+    jax.tree.map(close, a, b)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("running_var", ["biased", "unbiased"])
+def test_closed_form_matches_autodiff(dtype, running_var):
+    x = _inputs()
+    norms = [make_norm(train=True, dtype=dtype, grad=g, running_var=running_var)
+             for g in ("closed", "autodiff")]  # fmt: skip
+    got, want = (_value_and_grads(norm, x, dtype) for norm in norms)
+    _assert_close(got, want, dtype)
+    # The forward pass is Flax's own arithmetic: bit-identical outputs and statistics.
+    np.testing.assert_array_equal(np.asarray(got[0][1][0], np.float32),
+                                  np.asarray(want[0][1][0], np.float32))  # fmt: skip
+
+
+def test_constant_channel_clipped_variance():
+    """A constant channel's variance rounds to zero or below and is clipped; its true input
+    gradient is zero. Both backward passes give rounding noise amplified by rsqrt(eps) ~ 316."""
+    x = _inputs().at[..., 3].set(0.7)
+    got, want = (_value_and_grads(make_norm(train=True, grad=g), x) for g in ("closed", "autodiff"))
+    _assert_close(got[0], want[0])
+    _assert_close(got[1][0], want[1][0])
+    keep = np.arange(8) != 3
+    _assert_close(got[1][1][..., keep], want[1][1][..., keep])
+    assert np.abs(np.asarray(got[1][1][..., 3])).max() < 1e-3
+
+
+def test_closed_form_matches_autodiff_when_synchronised():
+    """With axis_name the statistics are over the mapped batch; the input's gradient is the
+    whole mapped loss's and the parameters' is each shard's own, as autodiff of psum gives."""
+    x = _inputs((2, 2, 5, 6, 8))
+    got, want = (
+        _value_and_grads(make_norm(train=True, grad=g, axis_name="batch"), x, axis_name="batch")
+        for g in ("closed", "autodiff")
+    )
+    _assert_close(got, want)
+    (_, (_, upd)), (g_params, _) = got
+    # Shards see the same statistics, and different parameter gradients (their own share).
+    np.testing.assert_allclose(upd["batch_stats"]["mean"][0], upd["batch_stats"]["mean"][1])
+    assert not np.allclose(g_params["scale"][0], g_params["scale"][1])
+
+
+def _batch_sums(norm, x) -> int:
+    """Sums over the batch (reduce_sum with an activation-sized operand) in the gradient."""
+    bn = norm()
+    v = bn.init(jax.random.key(0), x)
+
+    def loss(params, x):
+        y, _ = bn.apply({**v, "params": params}, x, mutable=["batch_stats"])
+        return jnp.vdot(jnp.sin(y), x)  # a dot, not one more sum
+
+    jaxpr = jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)))(v["params"], x)
+    big = x.size
+    count = 0
+    for eqn in jaxpr.eqns + [e for eq in jaxpr.eqns for e in _inner(eq)]:
+        if eqn.primitive.name == "reduce_sum" and eqn.invars[0].aval.size >= big:
+            count += 1
+    return count
+
+
+def _inner(eqn):
+    for p in eqn.params.values():
+        sub = getattr(p, "jaxpr", None)
+        if sub is not None:
+            sub = getattr(sub, "jaxpr", sub)
+            for e in sub.eqns:
+                yield e
+                yield from _inner(e)
+
+
+def test_closed_form_sums_twice_forward_and_twice_backward():
+    x = _inputs()
+    closed = _batch_sums(make_norm(train=True, grad="closed"), x)
+    autodiff = _batch_sums(make_norm(train=True, grad="autodiff"), x)
+    assert closed == 4  # sum(x), sum(x^2); sum(g), sum(g * (x - mean))
+    assert autodiff > closed
+
+
+def test_cases_outside_the_closed_form_run_flax():
+    x = _inputs()
+    mask = jnp.ones(x.shape, bool).at[0].set(False)
+    for kwargs, call in (({"use_bias": False}, {}), ({"axis": 1}, {}), ({}, {"mask": mask})):
+        outs = []
+        for g in ("closed", "autodiff"):
+            bn = BatchNorm(use_running_average=False, grad=g, **kwargs)
+            v = bn.init(jax.random.key(0), x)
+            outs.append(bn.apply(v, x, mutable=["batch_stats"], **call))
+        jax.tree.map(np.testing.assert_array_equal, *outs)
+    # Same variables as Flax's BatchNorm, so checkpoints and converted weights interchange.
+    ours = BatchNorm(use_running_average=False, grad="closed").init(jax.random.key(0), x)
+    flax_ = nn.BatchNorm(use_running_average=False).init(jax.random.key(0), x)
+    assert jax.tree.structure(ours) == jax.tree.structure(flax_)
+
+
+def test_bad_grad_is_named():
+    with pytest.raises(ValueError, match="bn_grad='fused' is not one of"):
+        make_norm(grad="fused")
+    with pytest.raises(ValueError, match="bn_grad='fused'"):
+        ResNet(stage_sizes=(1,), widths=(4,), bn_grad="fused").init(
+            jax.random.key(0), jnp.ones((1, 8, 8, 3))
+        )
+
+
+@pytest.mark.parametrize("extra", [{}, {"scan": True, "remat": True}])
+def test_resnet_gradients_match_autodiff(tiny_kwargs, images, extra):
+    """Whole network (stem, blocks, projection shortcuts; scanned and rematerialised stages),
+    and the closed form is the default."""
+    assert ResNet(**tiny_kwargs).bn_grad == "closed"
+    results = []
+    for g in ("closed", "autodiff"):
+        model = ResNet(**tiny_kwargs, **extra, bn_grad=g)
+        v = model.init(jax.random.key(0), images)
+
+        def loss(params, model=model, v=v):
+            logits, upd = model.apply({**v, "params": params}, images, train=True,
+                                      mutable=["batch_stats"])  # fmt: skip
+            return jnp.sum(jax.nn.log_softmax(logits)[:, 0]), upd
+
+        results.append(jax.jit(jax.value_and_grad(loss, has_aux=True))(v["params"]))
+    _assert_close(*results)
