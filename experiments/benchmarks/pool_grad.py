@@ -1,0 +1,79 @@
+"""The stem max-pool's gradient alone: resflax's `max_pool` beside JAX's own differentiation of
+`reduce_window` (select-and-scatter), on the ResNet-50 stem's output (3x3/2, padding 1).
+
+    python experiments/benchmarks/pool_grad.py [BATCH] [DTYPE] [FILE.py:FUNCTION ...]
+
+Extra `FILE.py:FUNCTION` entries time another `f(x, window, stride, padding)` the same way
+(an earlier version of the pool, say). Prints one JSON row per implementation: median ms of
+the jitted gradient (a vjp with a fixed cotangent), and whether it matches select-and-scatter's.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+
+def _load(spec: str):
+    path, name = spec.rsplit(":", 1)
+    mod_spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+    module = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(module)
+    return getattr(module, name)
+
+
+def main() -> None:
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from resflax.models.pool import max_pool
+
+    batch = int(sys.argv[1]) if len(sys.argv) > 1 else 32
+    dtype = jnp.dtype(sys.argv[2] if len(sys.argv) > 2 else "float32")
+    impls = {
+        "resflax": lambda x: max_pool(x, 3, 2, 1),
+        "select_and_scatter": lambda x: nn.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1))),
+    }
+    for spec in sys.argv[3:]:
+        f = _load(spec)
+        impls[spec] = lambda x, f=f: f(x, 3, 2, 1)
+    # Post-ReLU values: many exact zeros, so ties are exercised as in the network.
+    x = jax.nn.relu(jax.random.normal(jax.random.key(0), (batch, 112, 112, 64))).astype(dtype)
+    g = jax.random.normal(jax.random.key(1), (batch, 56, 56, 64)).astype(dtype)
+    ref = None
+    for name, pool in impls.items():
+        grad = jax.jit(lambda x, g, pool=pool: jax.vjp(pool, x)[1](g)[0])
+        t0 = time.perf_counter()
+        out = jax.block_until_ready(grad(x, g))
+        first = time.perf_counter() - t0
+        times = []
+        for _ in range(20):
+            t0 = time.perf_counter()
+            jax.block_until_ready(grad(x, g))
+            times.append(time.perf_counter() - t0)
+        if name == "select_and_scatter":
+            ref = out
+        row = {"impl": name, "batch": batch, "dtype": str(dtype),
+               "ms": 1e3 * float(np.median(times)), "first_s": first,
+               "device": jax.devices()[0].device_kind}  # fmt: skip
+        row["_out"] = out
+        impls[name] = row
+    for row in impls.values():
+        out = row.pop("_out")
+        out, want = np.asarray(out, np.float32), np.asarray(ref, np.float32)
+        # Where windows overlap, the sum's order (and in bfloat16 its rounding) may differ.
+        tol = 2e-2 if dtype == jnp.bfloat16 else 1e-5
+        scale = float(np.abs(want).max())
+        row["same_as_select_and_scatter"] = bool(np.allclose(out, want, rtol=tol, atol=tol * scale))
+        print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
