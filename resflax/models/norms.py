@@ -52,6 +52,11 @@ def _batch_sum(v: Array) -> Array:
     return v.sum(tuple(range(v.ndim - 1)))
 
 
+def _channels(v: Array, ndim: int) -> Array:
+    # Explicit broadcasting: the CLI and the tests run with jax_numpy_rank_promotion="raise".
+    return v.reshape((1,) * (ndim - 1) + v.shape)
+
+
 def _count(x: Array, axis_name: str | None) -> Any:
     n = math.prod(x.shape[:-1])
     return n * lax.psum(1, axis_name) if axis_name is not None else n
@@ -73,7 +78,8 @@ def _bn_forward(x, scale, bias, epsilon, axis_name, dtype):
     raw_var = s2 / n - mean * mean
     var = jnp.maximum(0.0, raw_var)
     inv = lax.rsqrt(var + epsilon)
-    y = ((xf - mean) * (inv * scale) + bias).astype(dtype)
+    d = x.ndim
+    y = ((xf - _channels(mean, d)) * _channels(inv * scale, d) + _channels(bias, d)).astype(dtype)
     return y, mean, var, (raw_var > 0).astype(inv.dtype)
 
 
@@ -88,7 +94,8 @@ def _bn_bwd(epsilon, axis_name, dtype, residuals, cotangents):
     n = _count(x, axis_name)
     xf = x.astype(mean.dtype)
     gf = g.astype(mean.dtype)
-    centred = xf - mean
+    d = x.ndim
+    centred = xf - _channels(mean, d)
     local_g, local_gc = _batch_sum(gf), _batch_sum(gf * centred)
     # The input's gradient is the whole mapped batch's (the transpose of psum is psum); the
     # parameters' is this shard's, as autodiff gives, for the caller to average.
@@ -98,7 +105,8 @@ def _bn_bwd(epsilon, axis_name, dtype, residuals, cotangents):
     # dL/dvar, through rsqrt and the caller's use of `var`; zero where the clip was active.
     d_var = (-0.5 * scale * inv**3 * sum_gc + g_var) * active
     d_mean = g_mean - a * sum_g
-    dx = (a * gf + d_mean / n + centred * (2.0 * d_var / n)).astype(x.dtype)
+    dx = _channels(a, d) * gf + _channels(d_mean / n, d) + centred * _channels(2.0 * d_var / n, d)
+    dx = dx.astype(x.dtype)
     return dx, (local_gc * inv).astype(scale.dtype), local_g.astype(scale.dtype)
 
 

@@ -26,7 +26,8 @@ def _value_and_grads(norm, x, dtype=jnp.float32, axis_name=None):
     def loss(params, x):
         y, upd = bn.apply({"params": params, "batch_stats": v["batch_stats"]}, x,
                           mutable=["batch_stats"])  # fmt: skip
-        return jnp.sum(jnp.sin(y.astype(jnp.float32)) * w), (y, upd)
+        weights = w.reshape((1,) * (y.ndim - 1) + w.shape)
+        return jnp.sum(jnp.sin(y.astype(jnp.float32)) * weights), (y, upd)
 
     f = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)
     if axis_name:
