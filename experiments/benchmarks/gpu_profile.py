@@ -106,6 +106,7 @@ if __name__ == "__main__":
         print(summary(sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 5))
     elif what in ("resflax", "torch"):
         batch = int(sys.argv[3]) if len(sys.argv) > 3 else 256
+        Path(sys.argv[2]).mkdir(parents=True, exist_ok=True)
         {"resflax": profile_resflax, "torch": profile_torch}[what](Path(sys.argv[2]), batch)
     else:
         sys.exit(f"unknown mode {what!r}; valid: resflax, torch, summary")
