@@ -60,7 +60,12 @@ def run_child(args: list[str], env: dict[str, str] | None = None, timeout: float
     except subprocess.CalledProcessError as e:
         if e.returncode < 0:
             return {"error": f"killed by signal {-e.returncode} (out of memory?)"}
-        lines = [ln for ln in e.stderr.strip().splitlines() if ln.strip()]
+        # The exception's own line, not JAX's note about filtered frames that follows it.
+        lines = [
+            ln
+            for ln in e.stderr.strip().splitlines()
+            if ln.strip() and not ln.startswith(("For simplicity, JAX", "----"))
+        ]
         return {"error": (lines[-1] if lines else f"exit code {e.returncode}")[:160]}
     return json.loads(out.stdout.strip().splitlines()[-1])
 

@@ -5,7 +5,8 @@ implementation, timed in the process that runs this file:
 
 IMPL: resflax | flax_example | torchvision | torchvision_cl | torchvision_cl_retain | keras |
 matmul_jax | matmul_torch.
-Prints one JSON line: the first step's time (compile or warm-up), then the timed steps.
+Prints one JSON line: the warm-up steps' times (the first compiles or traces), then the
+timed steps.
 Each implementation is imported only in its own process: torch ran ~30% slower in a process
 that had JAX loaded, and torch and TensorFlow in one process crashed.
 """
@@ -53,16 +54,25 @@ def recipe_setup(name: str) -> None:
 MATMUL_N = 4096
 
 
+# Untimed steps per process: the first compiles or traces; with host_malloc="retain" the
+# process heap then grows once or twice to its steady size (a 13 s ResNet-50 step on this
+# machine, at step 1 or 2, with over a million page faults), for every implementation alike.
+WARMUP = 3
+
+
 def _time_steps(step: Callable[[], object], steps: int) -> dict:
-    t0 = time.perf_counter()
-    step()
-    first = time.perf_counter() - t0
+    warmup = []
+    for _ in range(WARMUP):
+        t0 = time.perf_counter()
+        step()
+        warmup.append(time.perf_counter() - t0)
+    first = warmup[0]
     times = []
     for _ in range(steps):
         t0 = time.perf_counter()
         step()
         times.append(time.perf_counter() - t0)
-    return {"first_s": first, "step_s": times}
+    return {"first_s": first, "warmup_s": warmup, "step_s": times}
 
 
 # --- JAX ---------------------------------------------------------------------------------

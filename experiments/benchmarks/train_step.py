@@ -11,8 +11,9 @@ default flags), torchvision NCHW and channels_last, and Keras 3's ResNet50 on Te
 (graph mode: its fastest CPU path here), all as their users run them; and, for ResNet-50 as a
 reference point outside the targets, torchvision channels_last with resflax's malloc setting
 (host_malloc="retain", which torch gains from too). Every step is SGD with momentum on one
-fixed random batch, float32. Step time is the median over all timed steps of all rounds, after one
-warm-up step per process (compile for JAX, tracing for Keras).
+fixed random batch, float32. Step time is the median over all timed steps of all rounds, after
+three warm-up steps per process (the first compiles for JAX and traces for Keras; with
+host_malloc="retain" the heap grows to its steady size within them).
 
 Utilisation: exact forward multiply-adds (resflax.cost) x 2 FLOPs x 3 (forward, and backward
 for inputs and weights) per image, times img/s, over the faster of JAX's and torch's 4096^3
