@@ -118,14 +118,14 @@ class BatchNorm(nn.BatchNorm):
 
     running_var: "biased" (Flax) or "unbiased": the running variance tracks the unbiased batch
         variance (n / (n - 1) times the biased one), as torch does; normalisation is the same.
-    grad: "autodiff" (JAX differentiates Flax's forward pass) or "closed" (`batch_norm_train`:
-        same values, fewer passes over memory in the backward pass). "closed" applies to the
-        common case (features last, scale and bias, fast variance, float32 statistics, no mask
-        or axis groups); anything else runs Flax's code.
+    grad: "closed" (the default: `batch_norm_train`, the same values with fewer passes over
+        memory in the backward pass) or "autodiff" (JAX differentiates Flax's forward pass).
+        "closed" applies to the common case (features last, scale and bias, fast variance,
+        float32 statistics, no mask or axis groups); anything else runs Flax's code.
     """
 
     running_var: str = "biased"
-    grad: str = "autodiff"
+    grad: str = "closed"
 
     @nn.compact
     def __call__(self, x, use_running_average=None, *, mask=None):
@@ -194,7 +194,7 @@ def make_norm(
     epsilon: float = 1e-5,
     groups: int = 32,
     running_var: str = "biased",
-    grad: str = "autodiff",
+    grad: str = "closed",
 ) -> ModuleDef:
     """BatchNorm (optionally synchronised over `axis_name`) or GroupNorm.
 
