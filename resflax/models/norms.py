@@ -148,10 +148,7 @@ class BatchNorm(nn.BatchNorm):
         return y
 
     def _dof(self, x: Array) -> Any:
-        n = math.prod(x.shape[:-1])
-        if self.axis_name is not None:
-            n = n * lax.psum(1, self.axis_name)
-        return max(n - 1, 1)
+        return max(_count(x, self.axis_name) - 1, 1)
 
     def _closed_form_applies(self, x: Array) -> bool:
         axes = (self.axis,) if isinstance(self.axis, int) else tuple(self.axis)
