@@ -60,11 +60,12 @@ def _bwd(window, stride, padding, residuals, g):
     # The first window offset holding each output's maximum, found in one pass over x and
     # stored (one byte per output): routing the gradient then reads only it and g. Left to
     # itself XLA fuses the search into the routing and repeats it for every offset.
-    first = jnp.full(y.shape, len(offsets), jnp.int8)
+    index = jnp.int8 if len(offsets) < 128 else jnp.int32
+    first = jnp.full(y.shape, len(offsets), index)
     for k in reversed(range(len(offsets))):
         i, j = offsets[k]
         seen = xp[:, i : i + span_h : stride, j : j + span_w : stride]
-        first = jnp.where(seen == y, jnp.int8(k), first)
+        first = jnp.where(seen == y, index(k), first)
     first = lax.optimization_barrier(first)
     # Route it back phase by phase: padded input rows r = stride * q + phase receive from the
     # offsets i = phase + stride * t at output row q - t (columns alike), so each phase is a

@@ -265,6 +265,26 @@ def test_max_pool_gradient_is_select_and_scatters_ties_included(shape):
     np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("window,stride,padding", [(2, 2, 0), (3, 1, 1), (5, 3, 2), (12, 3, 6)])
+def test_max_pool_gradient_other_windows_and_strides(window, stride, padding):
+    """Every stride phase (stride 1: one phase; 3: nine) and a window of 144 offsets, more
+    than a byte can number, route the gradient as select-and-scatter does."""
+    import flax.linen as nn
+
+    from resflax.models.pool import max_pool
+
+    x = jnp.maximum(jnp.round(jax.random.normal(jax.random.key(0), (2, 17, 13, 3)) * 2), 0)
+    pads = ((padding, padding), (padding, padding))
+
+    def grad(pool):
+        return jax.grad(lambda x: jnp.sum(pool(x) ** 2))(x)
+
+    ours = grad(lambda x: max_pool(x, window, stride, padding))
+    theirs = grad(lambda x: nn.max_pool(x, (window, window), (stride, stride), padding=pads))
+    np.testing.assert_array_equal(ours != 0, theirs != 0)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-6)
+
+
 def test_max_pool_refuses_bad_padding_and_layout():
     from resflax.models.pool import max_pool
 
