@@ -5,18 +5,22 @@
 
 Extra `FILE.py:FUNCTION` entries time another `f(x, window, stride, padding)` the same way
 (an earlier version of the pool, say). Prints one JSON row per implementation: median ms of
-the jitted gradient (a vjp with a fixed cotangent), and whether it matches select-and-scatter's.
+the jitted gradient (a vjp with a fixed cotangent), and whether it matches select-and-scatter's;
+the rows (with the date) are appended to experiments/results/pool_grad.jsonl.
 """
 
 from __future__ import annotations
 
+import datetime
 import importlib.util
 import json
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+RESULTS = ROOT / "experiments" / "results" / "pool_grad.jsonl"
 
 
 def _load(spec: str):
@@ -47,32 +51,30 @@ def main() -> None:
     # Post-ReLU values: many exact zeros, so ties are exercised as in the network.
     x = jax.nn.relu(jax.random.normal(jax.random.key(0), (batch, 112, 112, 64))).astype(dtype)
     g = jax.random.normal(jax.random.key(1), (batch, 56, 56, 64)).astype(dtype)
-    ref = None
+    outs, rows = {}, []
     for name, pool in impls.items():
         grad = jax.jit(lambda x, g, pool=pool: jax.vjp(pool, x)[1](g)[0])
         t0 = time.perf_counter()
-        out = jax.block_until_ready(grad(x, g))
+        outs[name] = np.asarray(jax.block_until_ready(grad(x, g)), np.float32)
         first = time.perf_counter() - t0
         times = []
         for _ in range(20):
             t0 = time.perf_counter()
             jax.block_until_ready(grad(x, g))
             times.append(time.perf_counter() - t0)
-        if name == "select_and_scatter":
-            ref = out
-        row = {"impl": name, "batch": batch, "dtype": str(dtype),
-               "ms": 1e3 * float(np.median(times)), "first_s": first,
-               "device": jax.devices()[0].device_kind}  # fmt: skip
-        row["_out"] = out
-        impls[name] = row
-    for row in impls.values():
-        out = row.pop("_out")
-        out, want = np.asarray(out, np.float32), np.asarray(ref, np.float32)
-        # Where windows overlap, the sum's order (and in bfloat16 its rounding) may differ.
-        tol = 2e-2 if dtype == jnp.bfloat16 else 1e-5
-        scale = float(np.abs(want).max())
-        row["same_as_select_and_scatter"] = bool(np.allclose(out, want, rtol=tol, atol=tol * scale))
-        print(json.dumps(row), flush=True)
+        rows.append({"impl": name, "batch": batch, "dtype": str(dtype),
+                     "ms": 1e3 * float(np.median(times)), "first_s": first,
+                     "device": jax.devices()[0].device_kind})  # fmt: skip
+    want = outs["select_and_scatter"]
+    # Where windows overlap, the sum's order (and in bfloat16 its rounding) may differ.
+    tol = 2e-2 if dtype == jnp.bfloat16 else 1e-5
+    atol = tol * float(np.abs(want).max())
+    with RESULTS.open("a") as f:
+        for row in rows:
+            ok = np.allclose(outs[row["impl"]], want, rtol=tol, atol=atol)
+            row["same_as_select_and_scatter"] = bool(ok)
+            print(json.dumps(row), flush=True)
+            f.write(json.dumps({"date": str(datetime.date.today()), **row}) + "\n")
 
 
 if __name__ == "__main__":
