@@ -95,8 +95,11 @@ def _bn_bwd(epsilon, axis_name, dtype, residuals, cotangents):
     xf = x.astype(mean.dtype)
     gf = g.astype(mean.dtype)
     d = x.ndim
-    centred = xf - _channels(mean, d)
-    local_g, local_gc = _batch_sum(gf), _batch_sum(gf * centred)
+    # sum(g (x - mean)) as sum(g x) - mean sum(g), and dx below from x itself: XLA:CPU stored
+    # `x - mean` for the reduction, a pass over each activation (ResNet-50: 0.17 s a step).
+    # The rounding is that of the centred form, whose float32 mean is itself rounded.
+    local_g = _batch_sum(gf)
+    local_gc = _batch_sum(gf * xf) - mean * local_g
     # The input's gradient is the whole mapped batch's (the transpose of psum is psum); the
     # parameters' is this shard's, as autodiff gives, for the caller to average.
     sum_g, sum_gc, g_mean, g_var = _psum((local_g, local_gc, g_mean, g_var), axis_name)
@@ -105,7 +108,8 @@ def _bn_bwd(epsilon, axis_name, dtype, residuals, cotangents):
     # dL/dvar, through rsqrt and the caller's use of `var`; zero where the clip was active.
     d_var = (-0.5 * scale * inv**3 * sum_gc + g_var) * active
     d_mean = g_mean - a * sum_g
-    dx = _channels(a, d) * gf + _channels(d_mean / n, d) + centred * _channels(2.0 * d_var / n, d)
+    k = 2.0 * d_var / n
+    dx = _channels(a, d) * gf + xf * _channels(k, d) + _channels(d_mean / n - mean * k, d)
     dx = dx.astype(x.dtype)
     return dx, (local_gc * inv).astype(scale.dtype), local_g.astype(scale.dtype)
 
