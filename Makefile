@@ -18,7 +18,7 @@ LAUNCHER ?= local
 MODEL ?= resnet50
 SRC   ?=
 
-.PHONY: install install-convert train finetune sweep test lint zoo bench bench-step bench-memory \
+.PHONY: install install-convert train finetune sweep test lint zoo bench bench-step bench-memory bench-products \
 	bench-loop bench-compile bench-input clean
 
 install: $(STAMP)
@@ -60,10 +60,13 @@ zoo: $(STAMP)
 	$(PY) experiments/zoo.py --out experiments/results/zoo.md
 
 # Performance (experiments/results/{train_step,memory,loop_overhead}.md); ~30 min on 2 cores.
-bench: bench-step bench-memory bench-loop
+bench: bench-step bench-memory bench-loop bench-products
 
 bench-step: .venv/.installed-convert
 	$(PY) experiments/benchmarks/train_step.py
+
+bench-products: .venv/.installed-convert
+	$(PY) experiments/benchmarks/products.py
 
 bench-memory: $(STAMP)
 	$(PY) experiments/benchmarks/memory.py
