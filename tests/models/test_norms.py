@@ -58,6 +58,17 @@ def test_closed_form_matches_autodiff(dtype, running_var):
                                   np.asarray(want[0][1][0], np.float32))  # fmt: skip
 
 
+def test_closed_form_matches_autodiff_far_from_zero_mean():
+    """Activations whose mean is 20 standard deviations: the closed form's sums of g and g x
+    lose digits to cancellation as the centred form's rounded mean does."""
+    x = jax.random.normal(jax.random.key(3), (8, 6, 6, 8)) + 20.0
+    got, want = (_value_and_grads(make_norm(train=True, grad=g), x) for g in ("closed", "autodiff"))
+    _assert_close(got[0], want[0])
+    for a, b in zip(jax.tree.leaves(got[1]), jax.tree.leaves(want[1]), strict=True):
+        a, b = np.asarray(a), np.asarray(b)
+        np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-3 * np.abs(b).max())
+
+
 def test_constant_channel_clipped_variance():
     """A constant channel's variance rounds to zero or below and is clipped; its true input
     and scale gradients are zero. Both backward passes give rounding noise amplified by
