@@ -59,7 +59,7 @@ lint: $(STAMP)
 zoo: $(STAMP)
 	$(PY) experiments/zoo.py --out experiments/results/zoo.md
 
-# Performance (experiments/results/{train_step,memory,loop_overhead}.md); ~30 min on 2 cores.
+# Performance (experiments/results/{train_step,memory,loop_overhead,products}.md); ~30 min on 2 cores.
 bench: bench-step bench-memory bench-loop bench-products
 
 bench-step: .venv/.installed-convert

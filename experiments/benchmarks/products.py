@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from experiments.benchmarks.common import (
     RESULTS,
     environment,
+    median,
     run_child,
     versions,
     write_result,
@@ -43,6 +44,7 @@ def product_shapes(model_name: str, batch: int) -> collections.Counter:
 
     from experiments.benchmarks.step_impls import WORKLOADS
     from resflax.models import create_model
+    from resflax.models.cost import walk_eqns
 
     size, classes, name = WORKLOADS[model_name]
     model = create_model(name, num_classes=classes)
@@ -52,19 +54,11 @@ def product_shapes(model_name: str, batch: int) -> collections.Counter:
         variables, x
     )
     shapes: collections.Counter = collections.Counter()
-
-    def visit(eqns):
-        for e in eqns:
-            if e.primitive.name == "dot_general":
-                a, b = (v.aval.shape for v in e.invars)
-                if len(a) == 2 and len(b) == 2:
-                    shapes[(a[0], a[1], b[1])] += 1
-            for p in e.params.values():
-                sub = getattr(p, "jaxpr", None)
-                if sub is not None:
-                    visit(getattr(sub, "jaxpr", sub).eqns)
-
-    visit(jaxpr.jaxpr.eqns)
+    for eqn in walk_eqns(jaxpr):
+        if eqn.primitive.name == "dot_general":
+            a, b = (v.aval.shape for v in eqn.invars)
+            if len(a) == 2 and len(b) == 2:
+                shapes[(a[0], a[1], b[1])] += 1
     return shapes
 
 
@@ -75,7 +69,7 @@ def _time(fn, args: tuple, reps: int) -> float:
         t0 = time.perf_counter()
         fn(*args)
         times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
+    return median(times)
 
 
 def child_jax(model_name: str, shapes: list, reps: int) -> dict:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -62,6 +62,19 @@ def _sub_jaxprs(value: Any) -> list[Any]:
     if isinstance(value, jex_core.Jaxpr):
         return [value]
     return []
+
+
+def walk_eqns(jaxpr: Any) -> Iterator[Any]:
+    """Every equation of a (closed) jaxpr and, depth first, of the sub-jaxprs its equations
+    carry (calls, custom derivatives, remat, scan bodies, cond branches), each once."""
+    if isinstance(jaxpr, jex_core.ClosedJaxpr):
+        jaxpr = jaxpr.jaxpr
+    for eqn in jaxpr.eqns:
+        yield eqn
+        for value in eqn.params.values():
+            for v in value if isinstance(value, tuple) else (value,):
+                for sub in _sub_jaxprs(v):
+                    yield from walk_eqns(sub)
 
 
 def jaxpr_macs(jaxpr: Any) -> int:

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import pytest
 
 from resflax.models import cost, count_macs, count_params, create_model, get_entry, list_models
-from resflax.models.cost import jaxpr_macs
+from resflax.models.cost import jaxpr_macs, walk_eqns
 
 
 def bn(c, with_bn=True):  # BatchNorm scale + bias
@@ -238,3 +238,21 @@ def test_memory_is_reported_when_asked(tiny_kwargs):
     c = cost(ResNet(**tiny_kwargs), (2, 8, 8, 3), memory=True)
     assert c.memory_bytes is not None and c.memory_bytes > 2 * 8 * 8 * 3 * 4
     assert cost(ResNet(**tiny_kwargs), (2, 8, 8, 3)).memory_bytes is None
+
+
+def test_walk_eqns_reaches_remat_custom_vjp_and_cond_bodies():
+    @jax.custom_vjp
+    def f(x):
+        return x @ x
+
+    f.defvjp(lambda x: (f(x), x), lambda x, g: (g @ x.T + x.T @ g,))
+
+    def fn(x):
+        y = jax.checkpoint(lambda x: x @ x)(x)
+        z = jax.lax.cond(x[0, 0] > 0, lambda x: x @ x, lambda x: x, y)
+        return f(z)
+
+    jaxpr = jax.make_jaxpr(fn)(jnp.ones((3, 3)))
+    dots = [e for e in walk_eqns(jaxpr) if e.primitive.name == "dot_general"]
+    # remat body, the cond branch that multiplies, and the custom_vjp's primal.
+    assert len(dots) == 3

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from resflax.models import BatchNorm, ResNet, make_norm
+from resflax.models.cost import walk_eqns
 
 RTOL = {jnp.float32: 1e-5, jnp.bfloat16: 2e-2}
 
@@ -114,20 +115,10 @@ def _batch_sums(norm, x) -> int:
     jaxpr = jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)))(v["params"], x)
     big = x.size
     count = 0
-    for eqn in jaxpr.eqns + [e for eq in jaxpr.eqns for e in _inner(eq)]:
+    for eqn in walk_eqns(jaxpr):
         if eqn.primitive.name == "reduce_sum" and eqn.invars[0].aval.size >= big:
             count += 1
     return count
-
-
-def _inner(eqn):
-    for p in eqn.params.values():
-        sub = getattr(p, "jaxpr", None)
-        if sub is not None:
-            sub = getattr(sub, "jaxpr", sub)
-            for e in sub.eqns:
-                yield e
-                yield from _inner(e)
 
 
 def test_closed_form_sums_twice_forward_and_twice_backward():
