@@ -7,10 +7,11 @@ The 1x1 convolutions (and the classifier) are matrix products in resflax's train
 batch x height x width), an input gradient `g @ w.T` and a weight gradient `x.T @ g`, which
 contracts over the M rows. The shapes come from the model's own jaxpr, each counted as often
 as it occurs. Every product is jitted alone with the model recipe's XLA flags and malloc
-setting and timed (median of `--reps` after a warm-up); torch (its default BLAS) times the
-same products with as many threads, in its own process (torch ran slower in a process with
-JAX loaded). The sums say how much of a train step the products take and how much faster the
-same products run in another library on this machine; experiments/results/products.md.
+setting and timed (median of `--reps`, after step_impls' warm-up calls); torch (its default
+BLAS) times the same products with as many threads, in its own process (torch ran slower in
+a process with JAX loaded). The sums say how much of a train step the products take and how
+much faster the same products run in another library on this machine;
+experiments/results/products.md.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import collections
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -63,13 +63,10 @@ def product_shapes(model_name: str, batch: int) -> collections.Counter:
 
 
 def _time(fn, args: tuple, reps: int) -> float:
-    fn(*args)
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn(*args)
-        times.append(time.perf_counter() - t0)
-    return median(times)
+    """Median seconds of `fn(*args)`, after the train-step benchmark's warm-up calls."""
+    from experiments.benchmarks.step_impls import _time_steps
+
+    return median(_time_steps(lambda: fn(*args), reps)["step_s"])
 
 
 def child_jax(model_name: str, shapes: list, reps: int) -> dict:
