@@ -15,7 +15,6 @@ import datetime
 import importlib.util
 import json
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,6 +36,8 @@ def main() -> None:
     import jax.numpy as jnp
     import numpy as np
 
+    from experiments.benchmarks.common import median
+    from experiments.benchmarks.step_impls import _time_steps
     from resflax.models.pool import max_pool
 
     batch = int(sys.argv[1]) if len(sys.argv) > 1 else 32
@@ -54,16 +55,10 @@ def main() -> None:
     outs, rows = {}, []
     for name, pool in impls.items():
         grad = jax.jit(lambda x, g, pool=pool: jax.vjp(pool, x)[1](g)[0])
-        t0 = time.perf_counter()
-        outs[name] = np.asarray(jax.block_until_ready(grad(x, g)), np.float32)
-        first = time.perf_counter() - t0
-        times = []
-        for _ in range(20):
-            t0 = time.perf_counter()
-            jax.block_until_ready(grad(x, g))
-            times.append(time.perf_counter() - t0)
+        timed = _time_steps(lambda grad=grad: jax.block_until_ready(grad(x, g)), 20)
+        outs[name] = np.asarray(grad(x, g), np.float32)
         rows.append({"impl": name, "batch": batch, "dtype": str(dtype),
-                     "ms": 1e3 * float(np.median(times)), "first_s": first,
+                     "ms": 1e3 * median(timed["step_s"]), "first_s": timed["first_s"],
                      "device": jax.devices()[0].device_kind})  # fmt: skip
     want = outs["select_and_scatter"]
     # Where windows overlap, the sum's order (and in bfloat16 its rounding) may differ.
