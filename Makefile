@@ -67,6 +67,7 @@ bench-step: .venv/.installed-convert
 
 bench-products: .venv/.installed-convert
 	$(PY) experiments/benchmarks/products.py
+	$(PY) experiments/benchmarks/products.py --cores 1
 
 bench-memory: $(STAMP)
 	$(PY) experiments/benchmarks/memory.py

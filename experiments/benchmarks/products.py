@@ -1,17 +1,20 @@
 """ResNet-50's matrix products on this CPU: XLA:CPU beside torch on the same shapes.
 
-    python experiments/benchmarks/products.py [--model resnet50] [--batch 32] [--reps 7]
+    python experiments/benchmarks/products.py [--model resnet50] [--batch 32] [--reps 7] [--cores N]
 
 The 1x1 convolutions (and the classifier) are matrix products in resflax's train step
 (`models.layers.conv_dot_1x1`): per layer a forward product `x @ w` (M x ci by ci x co, M =
 batch x height x width), an input gradient `g @ w.T` and a weight gradient `x.T @ g`, which
-contracts over the M rows. The shapes come from the model's own jaxpr, each counted as often
-as it occurs. Every product is jitted alone with the model recipe's XLA flags and malloc
-setting and timed (median of `--reps`, after step_impls' warm-up calls); torch (its default
-BLAS) times the same products with as many threads, in its own process (torch ran slower in
-a process with JAX loaded). The sums say how much of a train step the products take and how
-much faster the same products run in another library on this machine;
-experiments/results/products.md.
+contracts over the M rows (computed as resflax does, `models.layers.weight_grad_2d`: as
+`(g.T @ x).T` where ci > co). The shapes come from the model's own jaxpr, each counted as
+often as it occurs. Every product is jitted alone with the model recipe's XLA flags and
+malloc setting and timed (median of `--reps`, after step_impls' warm-up calls); torch (its
+default BLAS) times the same products with as many threads, in its own process (torch ran
+slower in a process with JAX loaded). `--cores 1` pins both to one core: in the train step
+XLA:CPU runs independent products side by side, one core each, so that is closer to the
+speed they get there. The sums say how much of a train step the products take and how much
+faster the same products run in another library on this machine;
+experiments/results/products.md (products_1core.md for one core).
 """
 
 from __future__ import annotations
@@ -76,13 +79,15 @@ def child_jax(model_name: str, shapes: list, reps: int) -> dict:
     import jax
     from jax import lax
 
+    from resflax.models.layers import weight_grad_2d
+
     def contract(a, b, dims):
         return lax.dot_general(a, b, (dims, ((), ())))
 
     fns = {
         "forward": jax.jit(lambda x, w, g: contract(x, w, ((1,), (0,)))),
         "input grad": jax.jit(lambda x, w, g: contract(g, w, ((1,), (1,)))),
-        "weight grad": jax.jit(lambda x, w, g: contract(x, g, ((0,), (0,)))),
+        "weight grad": jax.jit(lambda x, w, g: weight_grad_2d(x, g)),
     }
     out = {}
     for m, ci, co in shapes:
@@ -100,7 +105,7 @@ def child_jax(model_name: str, shapes: list, reps: int) -> dict:
 def child_torch(shapes: list, reps: int) -> dict:
     import torch
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
     ops = {
         "forward": lambda x, w, g: x @ w,
         "input grad": lambda x, w, g: g @ w.t(),
@@ -120,10 +125,18 @@ def main() -> None:
     ap.add_argument("--model", default="resnet50")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--cores", type=int, default=None, help="pin both to this many CPUs")
     ap.add_argument("--child", choices=("jax", "torch"), help=argparse.SUPPRESS)
     ap.add_argument("--shapes", help=argparse.SUPPRESS)
-    ap.add_argument("--out", default=str(RESULTS / "products.md"))
+    ap.add_argument("--out", default=None, help="default: products.md, products_1core.md")
     args = ap.parse_args()
+    cpus = sorted(os.sched_getaffinity(0))
+    if args.cores is not None and not 1 <= args.cores <= len(cpus):
+        sys.exit(f"--cores {args.cores} must be between 1 and this machine's {len(cpus)} CPUs")
+    cores = args.cores = args.cores or len(cpus)
+    if args.out is None:
+        name = "products.md" if cores == len(cpus) else f"products_{cores}core.md"
+        args.out = str(RESULTS / name)
     from experiments.benchmarks.step_impls import WORKLOADS
 
     if args.model not in WORKLOADS:
@@ -131,6 +144,8 @@ def main() -> None:
     if args.reps < 1:
         sys.exit(f"--reps {args.reps} must be at least 1")
     if args.child:
+        # Before JAX or torch starts: both size their thread pools from the affinity mask.
+        os.sched_setaffinity(0, cpus[:cores])
         shapes = json.loads(args.shapes)
         res = (
             child_jax(args.model, shapes, args.reps)
@@ -142,7 +157,8 @@ def main() -> None:
 
     counts = product_shapes(args.model, args.batch)
     shapes = sorted(counts, key=lambda s: (-s[0], s[1], s[2]))
-    common = ["--model", args.model, "--reps", str(args.reps), "--shapes", json.dumps(shapes)]
+    common = ["--model", args.model, "--reps", str(args.reps), "--shapes", json.dumps(shapes),
+              "--cores", str(cores)]  # fmt: skip
     results = {}
     for impl in ("jax", "torch"):
         res = run_child([__file__, "--child", impl, *common])
@@ -189,7 +205,8 @@ def report(args, counts, shapes, results) -> None:
     intro = (
         __doc__.split("\n\n", 2)[2].strip()
         + f"\n\nMachine: {environment(('jax', 'jaxlib'))}, {versions(('torch',))}. "
-        + f"{args.model}, batch {args.batch}, median of {args.reps} runs per product."
+        + f"{args.model}, batch {args.batch}, median of {args.reps} runs per product, "
+        + f"{args.cores} core{'s' if args.cores > 1 else ''}."
     )
     print(body)
     write_result(

@@ -20,3 +20,21 @@ def test_resnet50_products_are_its_1x1_convolutions_and_classifier():
     )  # fmt: skip
     products = sum(n * m * ci * co for (m, ci, co), n in counts.items())
     assert products + spatial == 2 * cost("resnet50").macs
+
+
+def test_cores_out_of_range_is_refused_with_the_valid_range():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    script = root / "experiments" / "benchmarks" / "products.py"
+    run = subprocess.run(
+        [sys.executable, str(script), "--cores", "0"], capture_output=True, text=True,
+        cwd=root, env={**os.environ, "PYTHONPATH": str(root)},
+    )  # fmt: skip
+    assert run.returncode != 0
+    assert f"--cores 0 must be between 1 and this machine's {len(os.sched_getaffinity(0))}" in (
+        run.stderr
+    )

@@ -1,10 +1,14 @@
-"""`relu_stored`: the same function and derivatives as ReLU, stored once by XLA."""
+"""`relu_stored`: the same function and derivatives as ReLU, stored once by XLA; the 1x1
+convolutions' product form and its gradients."""
+
+import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import linen as nn
+from jax import lax
 
 from resflax.models import ResNet
 from resflax.models.layers import conv_dot_1x1, get_activation, relu_stored
@@ -77,3 +81,25 @@ def test_1x1_weight_gradient_contracts_in_place():
         layouts.append(sum(text.count(op) for op in (" transpose(", " copy(")))
     assert layouts[0] == 0
     assert layouts[1] > 0  # if XLA stops doing this, the 2-D form is no longer needed
+
+
+def test_1x1_weight_gradient_puts_the_narrower_operand_first():
+    """Eigen runs the contraction over rows faster with the operand of fewer columns first,
+    so a narrowing 1x1's weight gradient is `(g.T @ x).T`, kept in that order by a barrier;
+    a widening one stays `x.T @ g`. Both equal autodiff's gradient of the 4-D convolution."""
+    dn = ("NHWC", "HWIO", "NHWC")
+    for cin, cout in ((16, 4), (4, 16)):
+        x = jax.random.normal(jax.random.key(0), (2, 6, 6, cin))
+        w = jax.random.normal(jax.random.key(1), (1, 1, cin, cout))
+
+        def loss(w, conv, x=x):
+            return jnp.sum(jnp.sin(conv(x, w, (1, 1), "VALID", dimension_numbers=dn)))
+
+        got = jax.grad(loss)(w, conv_dot_1x1)
+        want = jax.grad(loss)(w, lax.conv_general_dilated)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+        text = jax.jit(jax.grad(loss), static_argnums=1).lower(w, conv_dot_1x1).compile().as_text()
+        products = re.findall(r"= f32\[(\d+),(\d+)\]\{1,0\} dot\(", text)
+        weight_grads = [p for p in products if sorted(map(int, p)) == sorted((cin, cout))]
+        assert weight_grads == [(str(min(cin, cout)), str(max(cin, cout)))], products
+        assert ("opt-barrier(" in text) == (cin > cout)
