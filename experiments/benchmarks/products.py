@@ -133,9 +133,9 @@ def main() -> None:
     cpus = sorted(os.sched_getaffinity(0))
     if args.cores is not None and not 1 <= args.cores <= len(cpus):
         sys.exit(f"--cores {args.cores} must be between 1 and this machine's {len(cpus)} CPUs")
-    cores = args.cores = args.cores or len(cpus)
+    args.cores = args.cores or len(cpus)
     if args.out is None:
-        name = "products.md" if cores == len(cpus) else f"products_{cores}core.md"
+        name = "products.md" if args.cores == len(cpus) else f"products_{args.cores}core.md"
         args.out = str(RESULTS / name)
     from experiments.benchmarks.step_impls import WORKLOADS
 
@@ -145,7 +145,7 @@ def main() -> None:
         sys.exit(f"--reps {args.reps} must be at least 1")
     if args.child:
         # Before JAX or torch starts: both size their thread pools from the affinity mask.
-        os.sched_setaffinity(0, cpus[:cores])
+        os.sched_setaffinity(0, cpus[: args.cores])
         shapes = json.loads(args.shapes)
         res = (
             child_jax(args.model, shapes, args.reps)
@@ -158,7 +158,7 @@ def main() -> None:
     counts = product_shapes(args.model, args.batch)
     shapes = sorted(counts, key=lambda s: (-s[0], s[1], s[2]))
     common = ["--model", args.model, "--reps", str(args.reps), "--shapes", json.dumps(shapes),
-              "--cores", str(cores)]  # fmt: skip
+              "--cores", str(args.cores)]  # fmt: skip
     results = {}
     for impl in ("jax", "torch"):
         res = run_child([__file__, "--child", impl, *common])
