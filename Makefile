@@ -1,6 +1,10 @@
 # One command per target. Every target installs first, so on a fresh machine `make test` is enough.
 PY      := .venv/bin/python
 STAMP   := .venv/.installed
+# oneDNN convolutions for XLA:CPU (resflax/kernels); where oneDNN is not published (not Linux
+# x86-64) the build step says so and convolutions stay XLA's.
+KERNELS := resflax/kernels/_onednn_conv.so
+SETUP   := $(STAMP) $(KERNELS)
 # With XLA:CPU's optimisation barriers kept, as the CLI runs: remat really recomputes and
 # relu_stored really stores (resflax/train/xla_cpu.py).
 XLA_TEST_FLAGS := --xla_force_host_platform_device_count=8 --xla_disable_hlo_passes=cse_barrier_expander
@@ -21,42 +25,49 @@ SRC   ?=
 .PHONY: install install-convert train finetune sweep test lint zoo bench bench-step bench-memory bench-products \
 	bench-loop bench-compile bench-input clean
 
-install: $(STAMP)
+install: $(SETUP)
 
+# oneDNN's headers are installed without their dependency (a second, SYCL build of
+# libdnnl.so.3 that would replace onednn-cpu-gomp's in .venv/lib); Linux x86-64, as the library.
 $(STAMP): pyproject.toml
 	python3 -m venv .venv
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
+	if [ "$$(uname -sm)" = "Linux x86_64" ]; then \
+	  $(PY) -m pip install --quiet --no-deps 'onednn-devel==2026.1.0'; fi
 	touch $(STAMP)
+
+$(KERNELS): resflax/kernels/onednn_conv.cc resflax/kernels/build.py $(STAMP)
+	$(PY) -m resflax.kernels.build
 
 # torch, torchvision and timm for the weight-conversion tests (several GB; CI installs them).
 install-convert: .venv/.installed-convert
 
-.venv/.installed-convert: $(STAMP)
+.venv/.installed-convert: $(SETUP)
 	$(PY) -m pip install --quiet -e '.[test,convert]'
 	touch $@
 
-train: $(STAMP)
+train: $(SETUP)
 	$(PY) -m resflax.main --config=$(CONFIG) --workdir=$(WORKDIR) $(FLAGS)
 
-finetune: $(STAMP)
+finetune: $(SETUP)
 	@test -n "$(SRC)" || { echo "make finetune: give SRC=<torchvision .pth or .safetensors>"; exit 1; }
 	test -d runs/pretrained/$(MODEL) || \
 	  $(PY) -m resflax.convert --model $(MODEL) --src $(SRC) --dst runs/pretrained/$(MODEL)
 	$(PY) -m resflax.main --config=experiments/configs/finetune.py:$(MODEL) \
 	  --workdir=runs/finetune_$(MODEL) --config.init_from=runs/pretrained/$(MODEL) $(FLAGS)
 
-sweep: $(STAMP)
+sweep: $(SETUP)
 	$(PY) -m experiments.sweep --sweep $(SWEEP) --launcher $(LAUNCHER)
 
-test: $(STAMP)
+test: $(SETUP)
 	XLA_FLAGS="$(XLA_TEST_FLAGS)" $(PY) -m pytest -q -n 2 --durations=10
 
-lint: $(STAMP)
+lint: $(SETUP)
 	$(PY) -m ruff check resflax experiments tests
 	$(PY) -m ruff format --check resflax experiments tests
 
-zoo: $(STAMP)
+zoo: $(SETUP)
 	$(PY) experiments/zoo.py --out experiments/results/zoo.md
 
 # Performance (experiments/results/{train_step,memory,loop_overhead,products}.md); ~30 min on 2 cores.
@@ -69,17 +80,17 @@ bench-products: .venv/.installed-convert
 	$(PY) experiments/benchmarks/products.py
 	$(PY) experiments/benchmarks/products.py --cores 1
 
-bench-memory: $(STAMP)
+bench-memory: $(SETUP)
 	$(PY) experiments/benchmarks/memory.py
 
-bench-loop: $(STAMP)
+bench-loop: $(SETUP)
 	$(PY) experiments/benchmarks/loop_overhead.py
 
-bench-compile: $(STAMP)
+bench-compile: $(SETUP)
 	$(PY) experiments/benchmarks/compile_vs_depth.py --out experiments/results/compile.md
 
-bench-input: $(STAMP)
+bench-input: $(SETUP)
 	$(PY) -m experiments.benchmarks.input_pipeline --out experiments/results/input_pipeline.md
 
 clean:
-	rm -rf .venv .pytest_cache .ruff_cache
+	rm -rf .venv .pytest_cache .ruff_cache $(KERNELS)

@@ -314,6 +314,7 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
         "parallel": config.parallel,
         "dtype": config.dtype,
         "backend": jax.default_backend(),
+        "conv_grad": model.resolved_conv_grad(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "host_malloc": host_memory.in_effect(),
         "final_eval": last_eval,

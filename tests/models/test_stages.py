@@ -235,9 +235,9 @@ def test_dot_1x1_leaves_other_convolutions_to_lax():
 
 
 def test_conv_grad_auto_on_cpu_dot_or_canonical_for_scans(tiny_kwargs):
-    assert ResNet(**tiny_kwargs, scan=True)._conv_grad() == "canonical"
-    assert ResNet(**tiny_kwargs)._conv_grad() == "dot"
-    assert ResNet(**tiny_kwargs, scan=True, conv_grad="lax")._conv_grad() == "lax"
+    assert ResNet(**tiny_kwargs, scan=True).resolved_conv_grad() == "canonical"
+    assert ResNet(**tiny_kwargs).resolved_conv_grad() == "dot"
+    assert ResNet(**tiny_kwargs, scan=True, conv_grad="lax").resolved_conv_grad() == "lax"
     with pytest.raises(ValueError, match="conv_grad='fft' is not one of"):
         ResNet(**tiny_kwargs, conv_grad="fft").init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
 

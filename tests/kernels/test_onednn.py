@@ -1,0 +1,145 @@
+"""oneDNN convolutions (resflax.kernels): values and gradients against lax, inside models."""
+
+import platform
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from resflax.kernels import build, onednn
+from resflax.models import ResNet, layers
+
+NHWC = ("NHWC", "HWIO", "NHWC")
+LINUX_X86 = (platform.system(), platform.machine()) == ("Linux", "x86_64")
+needs_kernels = pytest.mark.skipif(
+    not LINUX_X86, reason="oneDNN's library is published for Linux x86-64 only"
+)
+
+
+@needs_kernels
+def test_make_install_built_the_kernels():
+    # `make install` builds them wherever oneDNN is published; a silent fallback to XLA's
+    # convolutions would hide a slower step.
+    assert onednn.available(), f"{onednn.LIBRARY} missing or not loadable"
+    assert onednn.version().startswith("3.")
+
+
+CASES = [
+    # (n, h, w, ci, co, k, stride, padding)
+    (2, 9, 7, 3, 5, 3, 1, ((1, 1), (1, 1))),
+    (2, 10, 11, 4, 6, 3, 2, ((1, 1), (1, 1))),  # strided, odd width
+    (1, 15, 15, 3, 8, 7, 2, ((3, 3), (3, 3))),  # the ImageNet stem
+    (3, 8, 8, 5, 4, 3, 2, ((0, 1), (0, 1))),  # asymmetric ("SAME" at stride 2)
+    (2, 6, 5, 4, 4, 1, 1, ((0, 0), (0, 0))),
+]
+
+
+def _lax(s, p):
+    return lambda x, w: lax.conv_general_dilated(x, w, (s, s), p, dimension_numbers=NHWC)
+
+
+@needs_kernels
+@pytest.mark.parametrize("n,h,w,ci,co,k,s,p", CASES)
+def test_values_and_gradients_match_lax(n, h, w, ci, co, k, s, p):
+    x = jax.random.normal(jax.random.key(0), (n, h, w, ci))
+    kernel = jax.random.normal(jax.random.key(1), (k, k, ci, co))
+    ref, got = _lax(s, p), jax.jit(lambda x, w: onednn.conv(x, w, (s, s), p))
+    np.testing.assert_allclose(got(x, kernel), ref(x, kernel), rtol=1e-5, atol=1e-5)
+
+    def loss(conv):
+        return lambda x, w: (conv(x, w) ** 2).sum()
+
+    for a, b in zip(
+        jax.grad(loss(got), (0, 1))(x, kernel), jax.grad(loss(ref), (0, 1))(x, kernel), strict=True
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+    # Second order: the gradient rules are themselves differentiable (each direction is the
+    # others' transpose).
+    def grad_norm_grad(conv):
+        return jax.grad(lambda x: (jax.grad(loss(conv), 1)(x, kernel) ** 2).sum())(x)
+
+    np.testing.assert_allclose(grad_norm_grad(got), grad_norm_grad(ref), rtol=1e-3, atol=1e-3)
+
+
+@needs_kernels
+def test_vmap_and_the_compiled_call():
+    x = jax.random.normal(jax.random.key(0), (3, 6, 6, 4))
+    w = jax.random.normal(jax.random.key(1), (3, 3, 4, 2))
+    p = ((1, 1), (1, 1))
+    per_image = jax.vmap(lambda xi: onednn.conv(xi[None], w, (1, 1), p)[0])(x)
+    np.testing.assert_allclose(per_image, _lax(1, p)(x, w), rtol=1e-5, atol=1e-5)
+    hlo = jax.jit(lambda x, w: onednn.conv(x, w, (1, 1), p)).lower(x, w).as_text()
+    assert onednn.TARGET in hlo
+
+
+@needs_kernels
+def test_layers_route_kxk_float32_only():
+    def conv(x, w, strides, padding):
+        return layers.conv_onednn(x, w, strides, padding, dimension_numbers=NHWC)
+
+    x = jnp.ones((2, 8, 8, 4))
+    w3, w1 = jnp.ones((3, 3, 4, 4)), jnp.ones((1, 1, 4, 4))
+
+    def targets(f, *args):
+        return onednn.TARGET in jax.jit(f).lower(*args).as_text()
+
+    assert targets(lambda x, w: conv(x, w, (2, 2), "SAME"), x, w3)
+    # 1x1 convolutions stay matrix products; bfloat16 goes to XLA.
+    assert not targets(lambda x, w: conv(x, w, (1, 1), "VALID"), x, w1)
+    assert not targets(
+        lambda x, w: conv(x, w, (1, 1), ((1, 1), (1, 1))), x.astype(jnp.bfloat16),
+        w3.astype(jnp.bfloat16),
+    )  # fmt: skip
+    got = conv(x, w3, (2, 2), "SAME")
+    want = lax.conv_general_dilated(x, w3, (2, 2), "SAME", dimension_numbers=NHWC)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+@needs_kernels
+def test_resnet_with_onednn_matches_dot(tiny_kwargs, images):
+    kwargs = dict(tiny_kwargs, stem="imagenet")
+    x = jax.random.normal(jax.random.key(3), (2, 32, 32, 3))
+    models = {g: ResNet(**kwargs, conv_grad=g) for g in ("dot", "onednn")}
+    variables = models["dot"].init(jax.random.key(0), x)
+
+    def loss(model):
+        def f(params):
+            logits, _ = model.apply(
+                {**variables, "params": params}, x, train=True, mutable=["batch_stats"]
+            )
+            return (logits**2).mean(), logits
+
+        return jax.jit(jax.grad(f, has_aux=True))
+
+    (g_dot, l_dot), (g_dnn, l_dnn) = (loss(models[g])(variables["params"]) for g in models)
+    np.testing.assert_allclose(l_dnn, l_dot, rtol=1e-4, atol=1e-5)
+    for a, b in zip(jax.tree.leaves(g_dnn), jax.tree.leaves(g_dot), strict=True):
+        np.testing.assert_allclose(a, b, rtol=2e-3, atol=1e-5)
+
+
+def test_auto_uses_the_kernels_on_one_cpu_device(monkeypatch):
+    model = ResNet(stage_sizes=(1,), block="basic", widths=(4,), num_classes=2)
+    # The tests run with 8 devices: a sharded batch, which XLA cannot split for the kernels.
+    assert model.resolved_conv_grad() == ("canonical" if model.scan else "dot")
+    monkeypatch.setattr(jax, "device_count", lambda: 1)
+    monkeypatch.setattr(onednn, "available", lambda: True)
+    assert model.resolved_conv_grad() == "onednn"
+    monkeypatch.setattr(onednn, "available", lambda: False)
+    assert model.resolved_conv_grad() == "dot"
+
+
+def test_onednn_unbuilt_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(onednn, "available", lambda: False)
+    with pytest.raises(ValueError, match=r"conv_grad='onednn'.*make install"):
+        layers.make_conv(grad="onednn")
+
+
+def test_build_says_what_is_missing(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(build, "prefix_paths", lambda: (tmp_path / "include", tmp_path / "lib"))
+    assert "onednn-cpu-gomp" in build.missing()
+    assert build.main(["--out", str(tmp_path / "k.so")]) == 0
+    assert "not built" in capsys.readouterr().out
+    assert not (tmp_path / "k.so").exists()
