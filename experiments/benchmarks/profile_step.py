@@ -7,7 +7,8 @@ op matched to the optimised HLO (dumped by XLA), summed by kind.
 XLA:CPU runs convolutions and some products (the 1x1 convolutions' weight gradients) in Eigen
 asynchronously: their events record only the dispatch, so their time is in neither the kinds
 nor the ops below; the first lines say how much of the step the recorded ops cover (the rest
-is those Eigen ops; time them alone with products.py).
+is those Eigen ops; time them alone with products.py). oneDNN's convolutions
+(`conv_grad="onednn"`, the CPU default where built) run synchronously and are recorded.
 
 Kinds: "ynn ..." are YNNPACK fusions (matrix products, reductions,
 elementwise), "xla ..." XLA's own loop fusions and convolutions, "copy/transpose" layout
@@ -51,6 +52,8 @@ def kind(name: str, inst: dict, comps: dict) -> str:
         if " dot(" in body or " convolution(" in body:
             return "ynn product/convolution"
         return "ynn elementwise/reduction"
+    if op == "custom-call" and "resflax_onednn_conv" in rest:
+        return "onednn convolution"
     if op == "convolution":
         return "xla convolution"
     if op == "fusion":

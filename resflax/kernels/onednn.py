@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import math
 from typing import Any
 
 import jax
@@ -137,6 +138,16 @@ def _weight_grad_bwd(w_shape, strides, padding, res, c):
 conv.defvjp(_conv_fwd, _conv_bwd)
 input_grad.defvjp(_input_grad_fwd, _input_grad_bwd)
 weight_grad.defvjp(_weight_grad_fwd, _weight_grad_bwd)
+
+
+def call_macs(eqn: Any) -> int:
+    """Multiply-adds of one kernel call in a jaxpr (for `resflax.models.cost`): n·ho·wo·kh·kw·ci·co
+    in each of the three directions."""
+    kind = int(dict(eqn.params["attributes"])["kind"])
+    a, b = (v.aval.shape for v in eqn.invars)
+    out = eqn.outvars[0].aval.shape
+    _, w, y = {FORWARD: (a, b, out), INPUT_GRAD: (out, b, a), WEIGHT_GRAD: (a, out, b)}[kind]
+    return math.prod(y[:3]) * math.prod(w)
 
 
 def handles(x: Any, w: Any) -> bool:

@@ -137,23 +137,25 @@ ffi::Error MakePlan(int64_t kind, const Dims& xd, const Dims& wd, const Dims& yd
   return ffi::Error::Success();
 }
 
-// Per-thread stream and buffers (the reordered weights and the scratchpad), grown as needed.
+// Per-thread stream and buffers (the reordered weights and the scratchpad), grown as needed;
+// a thread runs one call at a time, so a buffer is free again when the next call starts.
 struct ThreadState {
   dnnl_stream_t stream = nullptr;
-  std::vector<char*> owned;
   char* scratch = nullptr;
   size_t scratch_size = 0;
   char* weights = nullptr;
   size_t weights_size = 0;
   ~ThreadState() {
-    for (char* b : owned) free(b);
+    free(scratch);
+    free(weights);
     if (stream) dnnl_stream_destroy(stream);
   }
-  char* Grow(char*& buf, size_t& size, size_t need) {
+  static char* Grow(char*& buf, size_t& size, size_t need) {
     if (need <= size) return buf;
-    size = (need + 4095) & ~size_t{4095};
-    buf = static_cast<char*>(aligned_alloc(64, size));
-    owned.push_back(buf);  // freed with the thread: a smaller plan may still be mid-call
+    free(buf);
+    size_t rounded = (need + 4095) & ~size_t{4095};  // aligned_alloc: a multiple of 64
+    buf = static_cast<char*>(aligned_alloc(64, rounded));
+    size = buf ? rounded : 0;
     return buf;
   }
 };
@@ -180,7 +182,8 @@ ffi::Error Execute(int64_t kind, void* a, void* b, void* out, const Plan& p) {
   RETURN_IF_DNNL(dnnl_memory_create(&user_wm.m, p.user_w, Engine(), w));
   dnnl_memory_t wm = user_wm.m;
   if (p.reorder) {
-    char* buf = t.Grow(t.weights, t.weights_size, p.w_bytes);
+    char* buf = ThreadState::Grow(t.weights, t.weights_size, p.w_bytes);
+    if (buf == nullptr) return ffi::Error(ffi::ErrorCode::kResourceExhausted, "weights buffer");
     RETURN_IF_DNNL(dnnl_memory_create(&prim_wm.m, p.prim_w, Engine(), buf));
     wm = prim_wm.m;
     if (kind != 2) {
@@ -196,7 +199,8 @@ ffi::Error Execute(int64_t kind, void* a, void* b, void* out, const Plan& p) {
   else
     args = {{DNNL_ARG_SRC, xm.m}, {DNNL_ARG_DIFF_WEIGHTS, wm}, {DNNL_ARG_DIFF_DST, ym.m}};
   if (p.scratch_bytes) {
-    char* buf = t.Grow(t.scratch, t.scratch_size, p.scratch_bytes);
+    char* buf = ThreadState::Grow(t.scratch, t.scratch_size, p.scratch_bytes);
+    if (buf == nullptr) return ffi::Error(ffi::ErrorCode::kResourceExhausted, "scratchpad");
     RETURN_IF_DNNL(dnnl_memory_create(&sm.m, p.scratch, Engine(), buf));
     args.push_back({DNNL_ARG_SCRATCHPAD, sm.m});
   }

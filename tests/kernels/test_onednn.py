@@ -9,7 +9,8 @@ import pytest
 from jax import lax
 
 from resflax.kernels import build, onednn
-from resflax.models import ResNet, layers
+from resflax.models import ResNet, create_model, layers
+from resflax.models.cost import cost, count_macs
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 LINUX_X86 = (platform.system(), platform.machine()) == ("Linux", "x86_64")
@@ -99,11 +100,14 @@ def test_layers_route_kxk_float32_only():
 
 
 @needs_kernels
-def test_resnet_with_onednn_matches_dot(tiny_kwargs, images):
-    kwargs = dict(tiny_kwargs, stem="imagenet")
+@pytest.mark.parametrize("scan", [False, True])
+def test_resnet_with_onednn_matches_canonical(tiny_kwargs, scan):
+    # Scanned stages run the kernels inside XLA's loops (the ImageNet stem's 7x7/2 and the
+    # strided first block outside them).
+    kwargs = dict(tiny_kwargs, stem="imagenet", scan=scan)
     x = jax.random.normal(jax.random.key(3), (2, 32, 32, 3))
-    models = {g: ResNet(**kwargs, conv_grad=g) for g in ("dot", "onednn")}
-    variables = models["dot"].init(jax.random.key(0), x)
+    models = {g: ResNet(**kwargs, conv_grad=g) for g in ("canonical", "onednn")}
+    variables = models["onednn"].init(jax.random.key(0), x)
 
     def loss(model):
         def f(params):
@@ -114,10 +118,26 @@ def test_resnet_with_onednn_matches_dot(tiny_kwargs, images):
 
         return jax.jit(jax.grad(f, has_aux=True))
 
-    (g_dot, l_dot), (g_dnn, l_dnn) = (loss(models[g])(variables["params"]) for g in models)
-    np.testing.assert_allclose(l_dnn, l_dot, rtol=1e-4, atol=1e-5)
-    for a, b in zip(jax.tree.leaves(g_dnn), jax.tree.leaves(g_dot), strict=True):
+    (g_ref, l_ref), (g_dnn, l_dnn) = (loss(m)(variables["params"]) for m in models.values())
+    np.testing.assert_allclose(l_dnn, l_ref, rtol=1e-4, atol=1e-5)
+    for a, b in zip(jax.tree.leaves(g_dnn), jax.tree.leaves(g_ref), strict=True):
         np.testing.assert_allclose(a, b, rtol=2e-3, atol=1e-5)
+
+
+@needs_kernels
+def test_cost_counts_the_kernels_macs():
+    # Every direction does the forward pass's multiply-adds; the zoo's exact counts and the
+    # benchmarks' utilisation must not change with the convolutions' implementation.
+    shape = (2, 64, 64, 3)
+    want = cost(create_model("resnet18", conv_grad="dot"), shape).macs
+    assert cost(create_model("resnet18", conv_grad="onednn"), shape).macs == want
+    x = jnp.ones((2, 9, 9, 4))
+    w = jnp.ones((3, 3, 4, 6))
+    p = ((1, 1), (1, 1))
+    fwd = count_macs(lambda x, w: onednn.conv(x, w, (2, 2), p), x, w)
+    assert fwd == 2 * 5 * 5 * 3 * 3 * 4 * 6
+    grads = count_macs(jax.grad(lambda x, w: onednn.conv(x, w, (2, 2), p).sum(), (0, 1)), x, w)
+    assert grads == 3 * fwd
 
 
 def test_auto_uses_the_kernels_on_one_cpu_device(monkeypatch):
