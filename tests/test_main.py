@@ -13,6 +13,7 @@ import jax
 import numpy as np
 import pytest
 
+from resflax.kernels import onednn
 from tests.saved import metric_lines, saved_state, tree_hash
 
 ROOT = Path(__file__).parents[1]
@@ -190,5 +191,7 @@ def test_default_run_reaches_the_accuracy_bar(tmp_path, monkeypatch):
     assert status == 0, out[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["devices"] == 1 and summary["step"] == 600
+    # One CPU device: "auto" runs the kxk convolutions in oneDNN where `make install` built them.
+    assert summary["conv_grad"] == ("onednn" if onednn.available() else "dot")
     assert summary["final_eval"]["num_examples"] == 359
     assert summary["final_eval"]["top1"] >= 0.97
