@@ -48,12 +48,16 @@ def available() -> bool:
         return False
 
 
-def version() -> str:
-    """oneDNN's version as the loaded library reports it, e.g. "3.2.0"."""
+def _library() -> ctypes.CDLL:
     lib = _load()
     if lib is None:
         raise RuntimeError(f"oneDNN kernels not built ({LIBRARY} missing): run `make install`")
-    v = lib.ResflaxOnednnVersion()
+    return lib
+
+
+def version() -> str:
+    """oneDNN's version as the loaded library reports it, e.g. "3.2.0"."""
+    v = _library().ResflaxOnednnVersion()
     return f"{v // 10000}.{v // 100 % 100}.{v % 100}"
 
 
@@ -61,8 +65,7 @@ Padding = tuple[tuple[int, int], tuple[int, int]]
 
 
 def _call(kind: int, a: Array, b: Array, shape: tuple[int, ...], strides, padding) -> Array:
-    if _load() is None:
-        raise RuntimeError(f"oneDNN kernels not built ({LIBRARY} missing): run `make install`")
+    _library()  # registers the target
     (top, bottom), (left, right) = padding
     return jax.ffi.ffi_call(
         TARGET, jax.ShapeDtypeStruct(shape, jnp.float32), vmap_method="sequential"
