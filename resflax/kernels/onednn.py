@@ -8,7 +8,7 @@ stride-1 3x3 convolutions alone, forward and both gradients: 1.38 -> 1.10 s on 2
 
 The three directions are one FFI target (`onednn_conv.cc`), each the others' transpose, so
 reverse mode works to any order; forward mode (`jax.jvp`) does not (use
-`conv_grad="dot"`). Float32 only; vmap runs the calls one by one. The kernels see whole
+`conv_grad="lax"`). Float32 only; vmap runs the calls one by one. The kernels see whole
 arrays: under `jax.jit` with a batch sharded over several devices XLA cannot split the call,
 so `conv_grad="auto"` uses them only where JAX has one device.
 """

@@ -74,6 +74,9 @@ def test_vmap_and_the_compiled_call():
     np.testing.assert_allclose(per_image, _lax(1, p)(x, w), rtol=1e-5, atol=1e-5)
     hlo = jax.jit(lambda x, w: onednn.conv(x, w, (1, 1), p)).lower(x, w).as_text()
     assert onednn.TARGET in hlo
+    # Documented limit: reverse mode only (custom_vjp), as the other CPU forms.
+    with pytest.raises(TypeError, match="forward-mode"):
+        jax.jvp(lambda x: onednn.conv(x, w, (1, 1), p), (x,), (x,))
 
 
 @needs_kernels
