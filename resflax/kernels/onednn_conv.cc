@@ -9,9 +9,10 @@
 //   2 weight gradient:  dw from (x, g)       a = x, b = g, out = dw
 // Shapes come from the buffers; strides and padding from attributes.
 
+#include <sys/mman.h>
+
 #include <array>
 #include <cstdint>
-#include <cstdlib>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -139,6 +140,9 @@ ffi::Error MakePlan(int64_t kind, const Dims& xd, const Dims& wd, const Dims& yd
 
 // Per-thread stream and buffers (the reordered weights and the scratchpad), grown as needed;
 // a thread runs one call at a time, so a buffer is free again when the next call starts.
+// The buffers are mapped directly, not malloc'd: with resflax's host_malloc="retain" (one
+// arena, nothing returned) blocks of a few MB kept for the whole run would sit in the holes
+// XLA's per-step buffers leave, and the heap would grow by a whole step's buffers.
 struct ThreadState {
   dnnl_stream_t stream = nullptr;
   char* scratch = nullptr;
@@ -146,15 +150,16 @@ struct ThreadState {
   char* weights = nullptr;
   size_t weights_size = 0;
   ~ThreadState() {
-    free(scratch);
-    free(weights);
+    if (scratch) munmap(scratch, scratch_size);
+    if (weights) munmap(weights, weights_size);
     if (stream) dnnl_stream_destroy(stream);
   }
   static char* Grow(char*& buf, size_t& size, size_t need) {
     if (need <= size) return buf;
-    free(buf);
-    size_t rounded = (need + 4095) & ~size_t{4095};  // aligned_alloc: a multiple of 64
-    buf = static_cast<char*>(aligned_alloc(64, rounded));
+    if (buf) munmap(buf, size);
+    size_t rounded = (need + 4095) & ~size_t{4095};
+    void* p = mmap(nullptr, rounded, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    buf = p == MAP_FAILED ? nullptr : static_cast<char*>(p);
     size = buf ? rounded : 0;
     return buf;
   }
