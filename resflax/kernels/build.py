@@ -30,6 +30,10 @@ def prefix_paths() -> tuple[Path, Path]:
     return prefix / "include", prefix / "lib"
 
 
+def compiler() -> str:
+    return os.environ.get("CXX", "g++")
+
+
 def missing() -> str | None:
     """Why the kernels cannot be built here, or None."""
     include, lib = prefix_paths()
@@ -37,8 +41,8 @@ def missing() -> str | None:
         return f"oneDNN's library ({lib / DNNL}) is not installed (pip: onednn-cpu-gomp)"
     if not (include / "oneapi" / "dnnl" / "dnnl.h").exists():
         return f"oneDNN's headers ({include}/oneapi/dnnl) are not installed (pip: onednn-devel)"
-    if shutil.which(os.environ.get("CXX", "g++")) is None:
-        return f"no C++ compiler ({os.environ.get('CXX', 'g++')}; set CXX)"
+    if shutil.which(compiler()) is None:
+        return f"no C++ compiler ({compiler()}; set CXX)"
     return None
 
 
@@ -51,7 +55,7 @@ def build(out: Path = LIBRARY) -> Path:
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         partial = Path(tmp) / out.name
         cmd = [
-            os.environ.get("CXX", "g++"), "-O2", "-std=c++17", "-shared", "-fPIC",
+            compiler(), "-O2", "-std=c++17", "-shared", "-fPIC",
             "-Wno-return-type",  # jaxlib's FFI headers end switch functions without a return
             f"-I{jax.ffi.include_dir()}", f"-I{include}", str(SOURCE), "-o", str(partial),
             f"-L{lib}", f"-l:{DNNL}", f"-Wl,-rpath,{lib}",
