@@ -50,6 +50,8 @@ def get_config() -> config_dict.ConfigDict:
             stored_act=placeholder(bool),  # None: on CPU and GPU (models.layers.relu_stored)
             stem_s2d=placeholder(bool),  # None: on GPU (models.layers.conv_space_to_depth)
             bn_grad=placeholder(str),  # autodiff | closed (models.norms.batch_norm_train)
+            bn_fuse_relu=placeholder(bool),  # ReLU inside BatchNorm's closed form (norm_act)
+            bn_sums=placeholder(str),  # xla | pallas (resflax.kernels.channel_sums, GPU)
         )
     )
 

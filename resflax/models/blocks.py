@@ -21,6 +21,7 @@ from resflax.models.layers import (
     pad,
     shortcut,
 )
+from resflax.models.norms import norm_act
 
 STRIDE_ON = ("1x1", "3x3")
 
@@ -88,7 +89,7 @@ class BasicBlock(ResidualBlock):
         self._check_plain()
         s = (self.strides, self.strides)
         y = self.conv(self.features, (3, 3), s, padding=pad(3), name="conv1")(x)
-        y = self.act(self.norm(name="norm1")(y))
+        y = norm_act(self.norm, self.act, name="norm1")(y)
         y = self.conv(self.features, (3, 3), padding=pad(3), name="conv2")(y)
         y = self.norm(scale_init=self._last_init(), name="norm2")(y)
         y = self._finish(y, drop_path_rate)
@@ -108,11 +109,11 @@ class BottleneckBlock(ResidualBlock):
     def __call__(self, x: Array, drop_path_rate: float | Array | None = None) -> Array:
         width, s1, s3 = self._bottleneck_plan()
         y = self.conv(width, (1, 1), (s1, s1), padding="VALID", name="conv1")(x)
-        y = self.act(self.norm(name="norm1")(y))
+        y = norm_act(self.norm, self.act, name="norm1")(y)
         y = self.conv(
             width, (3, 3), (s3, s3), padding=pad(3), feature_group_count=self.groups, name="conv2"
         )(y)
-        y = self.act(self.norm(name="norm2")(y))
+        y = norm_act(self.norm, self.act, name="norm2")(y)
         y = self.conv(self.out_features, (1, 1), padding="VALID", name="conv3")(y)
         y = self.norm(scale_init=self._last_init(), name="norm3")(y)
         y = self._finish(y, drop_path_rate)
@@ -133,9 +134,9 @@ class PreActBasicBlock(ResidualBlock):
     def __call__(self, x: Array, drop_path_rate: float | Array | None = None) -> Array:
         self._check_plain()
         s = (self.strides, self.strides)
-        pre = self.act(self.norm(name="norm1")(x))
+        pre = norm_act(self.norm, self.act, name="norm1")(x)
         y = self.conv(self.features, (3, 3), s, padding=pad(3), name="conv1")(pre)
-        y = self.act(self.norm(name="norm2")(y))
+        y = norm_act(self.norm, self.act, name="norm2")(y)
         y = self.conv(
             self.features, (3, 3), padding=pad(3), kernel_init=_last_conv_init(self), name="conv2"
         )(y)
@@ -151,13 +152,13 @@ class PreActBottleneckBlock(ResidualBlock):
     @nn.compact
     def __call__(self, x: Array, drop_path_rate: float | Array | None = None) -> Array:
         width, s1, s3 = self._bottleneck_plan()
-        pre = self.act(self.norm(name="norm1")(x))
+        pre = norm_act(self.norm, self.act, name="norm1")(x)
         y = self.conv(width, (1, 1), (s1, s1), padding="VALID", name="conv1")(pre)
-        y = self.act(self.norm(name="norm2")(y))
+        y = norm_act(self.norm, self.act, name="norm2")(y)
         y = self.conv(
             width, (3, 3), (s3, s3), padding=pad(3), feature_group_count=self.groups, name="conv2"
         )(y)
-        y = self.act(self.norm(name="norm3")(y))
+        y = norm_act(self.norm, self.act, name="norm3")(y)
         y = self.conv(
             self.out_features, (1, 1), padding="VALID", kernel_init=_last_conv_init(self),
             name="conv3",

@@ -427,6 +427,19 @@ def _relu_stored_jvp(primals: tuple[Array], tangents: tuple[Array]) -> tuple[Arr
     return y, jnp.where(y > 0, t, jnp.zeros_like(t))
 
 
+@jax.custom_jvp
+def stored(x: Array) -> Array:
+    """`x` behind relu_stored's optimisation barrier, with the identity's derivative (the
+    barrier's own rules would put barriers on the gradients too, which XLA then cannot fuse
+    into the masks and sums that consume them)."""
+    return lax.optimization_barrier(x)
+
+
+@stored.defjvp
+def _stored_jvp(primals: tuple[Array], tangents: tuple[Array]) -> tuple[Array, Array]:
+    return stored(*primals), tangents[0]
+
+
 def avg_pool_ceil(x: Array, stride: int) -> Array:
     """2x2/`stride` average pool with ceil_mode=True, count_include_pad=False (timm's avg-down)."""
     h, w = x.shape[1:3]

@@ -4,6 +4,7 @@ closed-form backward pass) and GroupNorm, built once by `make_norm` for a whole 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -13,6 +14,9 @@ import jax.numpy as jnp
 from flax.linen import dtypes
 from jax import lax
 
+from resflax.kernels import channel_sums as _channel_sums
+from resflax.models.layers import relu_stored, stored
+
 ModuleDef = Any
 Array = jax.Array
 
@@ -20,9 +24,14 @@ NORMS = ("batch", "group")
 RUNNING_VARS = ("biased", "unbiased")
 # "autodiff": JAX differentiates Flax's forward pass; "closed": `batch_norm_train`'s backward.
 BN_GRADS = ("autodiff", "closed")
+# How the closed form's per-channel sums are computed: XLA's reductions, or one Pallas kernel
+# per pass on GPU (`resflax.kernels.channel_sums`).
+BN_SUMS = ("xla", "pallas")
+# Activations BatchNorm can apply itself (`BatchNorm.act`), fused into its closed form.
+FUSABLE_ACTS = {None: lambda y: y, "relu": nn.relu, "relu_stored": relu_stored}
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+@partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7))
 def batch_norm_train(
     x: Array,
     scale: Array,
@@ -30,6 +39,8 @@ def batch_norm_train(
     epsilon: float,
     axis_name: str | None,
     dtype: Any,
+    sums: str = "xla",
+    relu: bool = False,
 ) -> tuple[Array, Array, Array]:
     """Training-mode BatchNorm over every axis but the last: `(y, mean, var)`.
 
@@ -42,14 +53,23 @@ def batch_norm_train(
     several reductions per layer (for the mean, the variance and the affine parameters), and
     BatchNorm's passes over memory are what bound a ResNet train step once the convolutions
     run at speed. With `axis_name` the sums (and so the statistics and their gradients) are
-    over that mapped axis too, as Flax's synchronised BatchNorm.
+    over that mapped axis too, as Flax's synchronised BatchNorm. `sums="pallas"` computes the
+    per-channel sums of both passes with `resflax.kernels.channel_sums` (GPU; the same sums).
+
+    `relu=True` returns `relu(y)`, and the backward pass masks the incoming gradient itself,
+    recomputing the sign of the normalised value from `x`, which it reads anyway: the ReLU's
+    output is then not read again to mask the gradient, one pass fewer over each BatchNorm-ReLU
+    activation in each of the backward pass's two sweeps.
     """
-    y, mean, var, _ = _bn_forward(x, scale, bias, epsilon, axis_name, dtype)
+    y, mean, var, _ = _bn_forward(x, scale, bias, epsilon, axis_name, dtype, sums, relu)
     return y, mean, var
 
 
-def _batch_sum(v: Array) -> Array:
-    return v.sum(tuple(range(v.ndim - 1)))
+def _sums(a: Array, b: Array | None, sums: str) -> tuple[Array, Array]:
+    """`(sum a, sum a b)` over every axis but the last, float32 (`b=None`: b = a)."""
+    if sums == "pallas":
+        return _channel_sums.channel_sums(a, b)
+    return _channel_sums.xla_sums(a, a if b is None else b)
 
 
 def _channels(v: Array, ndim: int) -> Array:
@@ -70,40 +90,50 @@ def _psum(values: tuple[Array, ...], axis_name: str | None) -> tuple[Array, ...]
     return tuple(summed[i] for i in range(len(values)))
 
 
-def _bn_forward(x, scale, bias, epsilon, axis_name, dtype):
+def _normalise(xf, mean, inv, scale, bias):
+    # One expression for the forward pass and the backward pass's mask: the same rounding.
+    d = xf.ndim
+    return (xf - _channels(mean, d)) * _channels(inv * scale, d) + _channels(bias, d)
+
+
+def _bn_forward(x, scale, bias, epsilon, axis_name, dtype, sums, relu):
     n = _count(x, axis_name)
     xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-    s1, s2 = _psum((_batch_sum(xf), _batch_sum(xf * xf)), axis_name)
+    s1, s2 = _psum(_sums(x, None, sums), axis_name)
     mean = s1 / n
     raw_var = s2 / n - mean * mean
     var = jnp.maximum(0.0, raw_var)
     inv = lax.rsqrt(var + epsilon)
-    d = x.ndim
-    y = ((xf - _channels(mean, d)) * _channels(inv * scale, d) + _channels(bias, d)).astype(dtype)
+    y = _normalise(xf, mean, inv, scale, bias).astype(dtype)
+    if relu:
+        y = jnp.maximum(y, 0)
     return y, mean, var, (raw_var > 0).astype(inv.dtype)
 
 
-def _bn_fwd(x, scale, bias, epsilon, axis_name, dtype):
-    y, mean, var, active = _bn_forward(x, scale, bias, epsilon, axis_name, dtype)
-    return (y, mean, var), (x, scale, mean, var, active)
+def _bn_fwd(x, scale, bias, epsilon, axis_name, dtype, sums, relu):
+    y, mean, var, active = _bn_forward(x, scale, bias, epsilon, axis_name, dtype, sums, relu)
+    return (y, mean, var), (x, scale, bias, mean, var, active)
 
 
-def _bn_bwd(epsilon, axis_name, dtype, residuals, cotangents):
-    x, scale, mean, var, active = residuals
+def _bn_bwd(epsilon, axis_name, dtype, sums, relu, residuals, cotangents):
+    x, scale, bias, mean, var, active = residuals
     g, g_mean, g_var = cotangents
     n = _count(x, axis_name)
     xf = x.astype(mean.dtype)
+    inv = lax.rsqrt(var + epsilon)
+    if relu:
+        # y > 0 exactly where the float32 normalised value is (rounding keeps the sign).
+        g = jnp.where(_normalise(xf, mean, inv, scale, bias) > 0, g, jnp.zeros_like(g))
     gf = g.astype(mean.dtype)
     d = x.ndim
     # sum(g (x - mean)) as sum(g x) - mean sum(g), and dx below from x itself: XLA:CPU stored
     # `x - mean` for the reduction, a pass over each activation (ResNet-50: 0.17 s a step).
     # The rounding is that of the centred form, whose float32 mean is itself rounded.
-    local_g = _batch_sum(gf)
-    local_gc = _batch_sum(gf * xf) - mean * local_g
+    local_g, local_gx = _sums(g, x, sums)
+    local_gc = local_gx - mean * local_g
     # The input's gradient is the whole mapped batch's (the transpose of psum is psum); the
     # parameters' is this shard's, as autodiff gives, for the caller to average.
     sum_g, sum_gc, g_mean, g_var = _psum((local_g, local_gc, g_mean, g_var), axis_name)
-    inv = lax.rsqrt(var + epsilon)
     a = inv * scale
     # dL/dvar, through rsqrt and the caller's use of `var`; zero where the clip was active.
     d_var = (-0.5 * scale * inv**3 * sum_gc + g_var) * active
@@ -126,30 +156,47 @@ class BatchNorm(nn.BatchNorm):
         memory in the backward pass) or "autodiff" (JAX differentiates Flax's forward pass).
         "closed" applies to the common case (features last, scale and bias, fast variance,
         float32 statistics, no mask or axis groups); anything else runs Flax's code.
+    sums: with grad="closed", "xla" (XLA's reductions) or "pallas" (one kernel per pass on
+        GPU, `resflax.kernels.channel_sums`; the same sums to float rounding).
+    act: an activation applied to the output: None, "relu" or "relu_stored"
+        (`layers.relu_stored`). With grad="closed" and `fuse_act` the ReLU is part of
+        `batch_norm_train` (its backward pass masks the gradient from the input it reads
+        anyway); otherwise it is applied after. The same values either way.
     """
 
     running_var: str = "biased"
     grad: str = "closed"
+    sums: str = "xla"
+    act: str | None = None
+    fuse_act: bool = True
 
     @nn.compact
     def __call__(self, x, use_running_average=None, *, mask=None):
+        if self.act not in FUSABLE_ACTS:
+            raise ValueError(f"BatchNorm act={self.act!r} is not one of {tuple(FUSABLE_ACTS)}")
         training = not nn.merge_param(
             "use_running_average", self.use_running_average, use_running_average
         )
         if not training or self.is_initializing():
-            return super().__call__(x, use_running_average=use_running_average, mask=mask)
+            y = super().__call__(x, use_running_average=use_running_average, mask=mask)
+            return FUSABLE_ACTS[self.act](y)
         if self.grad == "closed" and mask is None and self._closed_form_applies(x):
-            y, mean, var = self._closed(x)
+            fused = self.act is not None and self.fuse_act
+            y, mean, var = self._closed(x, relu=fused)
             self._update_running(x, mean, var)
-            return y
+            if not fused:
+                return FUSABLE_ACTS[self.act](y)
+            # relu_stored's barrier: the output stored once rather than recomputed by consumers.
+            return stored(y) if self.act == "relu_stored" else y
         if self.running_var == "biased":
-            return super().__call__(x, use_running_average=use_running_average, mask=mask)
+            y = super().__call__(x, use_running_average=use_running_average, mask=mask)
+            return FUSABLE_ACTS[self.act](y)
         old = self.get_variable("batch_stats", "var")
         y = super().__call__(x, use_running_average=use_running_average, mask=mask)
         new = self.get_variable("batch_stats", "var")
         # new = m * old + (1 - m) * biased; torch adds (1 - m) * biased / (n - 1) on top.
         self.put_variable("batch_stats", "var", new + (new - self.momentum * old) / self._dof(x))
-        return y
+        return FUSABLE_ACTS[self.act](y)
 
     def _dof(self, x: Array) -> Any:
         return max(_count(x, self.axis_name) - 1, 1)
@@ -166,12 +213,14 @@ class BatchNorm(nn.BatchNorm):
             and self.axis_index_groups is None
         )
 
-    def _closed(self, x: Array) -> tuple[Array, Array, Array]:
+    def _closed(self, x: Array, relu: bool) -> tuple[Array, Array, Array]:
         c = x.shape[-1]
         scale = self.param("scale", self.scale_init, (c,), self.param_dtype)
         bias = self.param("bias", self.bias_init, (c,), self.param_dtype)
         dtype = dtypes.canonicalize_dtype(x, scale, bias, dtype=self.dtype)
-        return batch_norm_train(x, scale, bias, self.epsilon, self.axis_name, dtype)
+        return batch_norm_train(
+            x, scale, bias, self.epsilon, self.axis_name, dtype, self.sums, relu
+        )
 
     def _update_running(self, x: Array, mean: Array, var: Array) -> None:
         ra_mean = self.variable("batch_stats", "mean", jnp.zeros, mean.shape, jnp.float32)
@@ -196,18 +245,23 @@ def make_norm(
     groups: int = 32,
     running_var: str = "biased",
     grad: str = "closed",
+    sums: str = "xla",
+    fuse_act: bool = True,
 ) -> ModuleDef:
     """BatchNorm (optionally synchronised over `axis_name`) or GroupNorm.
 
     momentum=0.9 in Flax's convention is torch's momentum=0.1; epsilon 1e-5 matches torchvision.
     `running_var="unbiased"` updates the running variance as torch does; `grad="closed"`
-    differentiates BatchNorm in closed form (see `BatchNorm`). Statistics and affine parameters
-    stay float32 whatever the compute dtype.
+    differentiates BatchNorm in closed form (see `BatchNorm`), its sums computed as `sums`
+    says ("xla" or "pallas"), with a following ReLU fused in where `fuse_act` (see `norm_act`).
+    Statistics and affine parameters stay float32 whatever the compute dtype.
     """
     if running_var not in RUNNING_VARS:
         raise ValueError(f"bn_running_var={running_var!r} is not one of {RUNNING_VARS}")
     if grad not in BN_GRADS:
         raise ValueError(f"bn_grad={grad!r} is not one of {BN_GRADS}")
+    if sums not in BN_SUMS:
+        raise ValueError(f"bn_sums={sums!r} is not one of {BN_SUMS}")
     if kind == "batch":
         return partial(
             BatchNorm,
@@ -219,9 +273,23 @@ def make_norm(
             axis_name=axis_name,
             running_var=running_var,
             grad=grad,
+            sums=sums,
+            fuse_act=fuse_act,
         )
     if kind == "group":
         return partial(
             nn.GroupNorm, num_groups=groups, epsilon=epsilon, dtype=dtype, param_dtype=jnp.float32
         )
     raise ValueError(f"norm={kind!r} is not one of {NORMS}")
+
+
+def norm_act(norm: ModuleDef, act: Callable[[Array], Array], **kwargs: Any) -> Callable:
+    """`act(norm(**kwargs)(x))` as a callable; a ReLU after a BatchNorm is handed to it (its
+    `act` field) so that the closed form can mask the gradient itself. Same variables."""
+    func = getattr(norm, "func", norm)
+    if isinstance(func, type) and issubclass(func, BatchNorm):
+        key = next((k for k, f in FUSABLE_ACTS.items() if k is not None and f is act), None)
+        if key is not None:
+            return norm(act=key, **kwargs)
+    module = norm(**kwargs)
+    return lambda x: act(module(x))

@@ -7,6 +7,7 @@ from collections.abc import Callable
 import flax.linen as nn
 
 from resflax.models.layers import Array, ModuleDef, conv_space_to_depth, pad
+from resflax.models.norms import norm_act
 from resflax.models.pool import max_pool
 
 STEMS = ("imagenet", "cifar", "deep")
@@ -50,12 +51,12 @@ class Stem(nn.Module):
             for i, (w, s) in enumerate(zip(widths, (2, 1, 1), strict=True), start=1):
                 x = self._conv(w, 3, s, f"conv{i}")(x)
                 if i < 3 or not self.preact:
-                    x = self.act(self.norm(name=f"norm{i}")(x))
+                    x = norm_act(self.norm, self.act, name=f"norm{i}")(x)
             return max_pool_3x3_s2(x)
         k, s = (7, 2) if self.kind == "imagenet" else (3, 1)
         x = self._conv(self.width, k, s, "conv")(x)
         if not self.preact:
-            x = self.act(self.norm(name="norm")(x))
+            x = norm_act(self.norm, self.act, name="norm")(x)
         if self.kind == "imagenet":
             x = max_pool_3x3_s2(x)
         return x

@@ -1,6 +1,8 @@
 """BatchNorm's closed-form backward pass: the same values, statistics and gradients as
 differentiating Flax's forward pass, with fewer sums over the batch."""
 
+from functools import partial
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -9,6 +11,8 @@ import pytest
 
 from resflax.models import BatchNorm, ResNet, make_norm
 from resflax.models.cost import walk_eqns
+from resflax.models.layers import relu_stored
+from resflax.models.norms import norm_act
 
 RTOL = {jnp.float32: 1e-5, jnp.bfloat16: 2e-2}
 
@@ -171,3 +175,95 @@ def test_resnet_gradients_match_autodiff(tiny_kwargs, images, extra):
 
         results.append(jax.jit(jax.value_and_grad(loss, has_aux=True))(v["params"]))
     _assert_close(*results)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("act", ["relu", "relu_stored"])
+def test_relu_fused_into_the_closed_form_matches_relu_after(dtype, act):
+    """`BatchNorm(act=...)`: the backward pass masks the gradient from x itself; the values,
+    statistics and gradients are those of the ReLU applied after, and of autodiff."""
+    x = _inputs()
+    fused, after, autodiff = (
+        _value_and_grads(partial(make_norm(train=True, dtype=dtype, **kw), act=act), x, dtype)
+        for kw in ({}, {"fuse_act": False}, {"grad": "autodiff"})
+    )
+    _assert_close(fused, after, jnp.float32)  # same arithmetic: to float32 rounding
+    _assert_close(fused, autodiff, dtype)
+    y = np.asarray(fused[0][1][0], np.float32)
+    assert (y == 0).mean() > 0.2 and (y > 0).mean() > 0.2  # the mask is exercised
+    # Still two sums over the batch forward and two backward.
+    assert _batch_sums(partial(make_norm(train=True), act=act), x) == 4
+
+
+def test_relu_fused_under_a_mapped_axis():
+    x = _inputs((2, 4, 5, 6, 8))
+    got, want = (
+        _value_and_grads(
+            partial(make_norm(train=True, axis_name="batch", fuse_act=f), act="relu"), x,
+            axis_name="batch",
+        )
+        for f in (True, False)
+    )  # fmt: skip
+    _assert_close(got, want)
+
+
+@pytest.mark.parametrize("extra", [{}, {"scan": True, "remat": True}, {"preact": True}])
+def test_resnet_with_relu_fused_matches_unfused(tiny_kwargs, images, extra, monkeypatch):
+    """Every BatchNorm followed by a ReLU takes it in (stem and first norm of each basic block;
+    not the second, whose ReLU follows the residual add): the same logits and gradients."""
+    from resflax.models import norms
+
+    fused_flags = []
+    forward = norms._bn_forward
+
+    def spy(*args):
+        fused_flags.append(args[-1])
+        return forward(*args)
+
+    monkeypatch.setattr(norms, "_bn_forward", spy)
+    results = []
+    for fuse in (True, False):
+        model = ResNet(**tiny_kwargs, **extra, bn_fuse_relu=fuse)
+        v = model.init(jax.random.key(0), images)
+
+        def loss(params, model=model, v=v):
+            logits, upd = model.apply({**v, "params": params}, images, train=True,
+                                      mutable=["batch_stats"])  # fmt: skip
+            return jnp.sum(jax.nn.log_softmax(logits)[:, 0]), upd
+
+        fused_flags.clear()
+        results.append(jax.value_and_grad(loss, has_aux=True)(v["params"]))
+        if fuse and not extra:
+            # cifar stem + 4 basic blocks: 1 + 4 fused; 4 second norms + 1 projection not.
+            assert sorted(fused_flags) == [False] * 5 + [True] * 5
+        if not fuse:
+            assert not any(fused_flags)
+    _assert_close(*results)
+    assert ResNet(**tiny_kwargs).bn_fuse_relu is True
+
+
+def test_norm_act_hands_only_relu_to_batch_norm():
+    x = _inputs()
+    bn, gn = make_norm(train=True), make_norm("group", groups=2)
+    assert norm_act(bn, nn.relu).act == "relu"
+    assert norm_act(bn, relu_stored).act == "relu_stored"
+    assert not isinstance(norm_act(bn, nn.silu), nn.Module)
+    assert not isinstance(norm_act(gn, nn.relu), nn.Module)
+    for norm, act in ((bn, nn.relu), (bn, nn.silu), (gn, nn.relu)):
+
+        class Wrap(nn.Module):
+            @nn.compact
+            def __call__(self, x, norm=norm, act=act):
+                return norm_act(norm, act, name="n")(x)
+
+        v = Wrap().init(jax.random.key(0), x)
+        got = Wrap().apply(v, x, mutable=["batch_stats"])[0]
+        want = act(norm().apply({k: w["n"] for k, w in v.items()}, x, mutable=["batch_stats"])[0])
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_bad_act_and_sums_are_named():
+    with pytest.raises(ValueError, match="BatchNorm act='gelu' is not one of"):
+        BatchNorm(use_running_average=False, act="gelu").init(jax.random.key(0), _inputs())
+    with pytest.raises(ValueError, match="bn_sums='cuda' is not one of"):
+        make_norm(sums="cuda")
