@@ -16,7 +16,7 @@ shift $(($# < 2 ? $# : 2))
 variants=("$@")
 # Each GPU default switched off in turn, then a larger batch. (conv_grad=dot aborted XLA's GPU
 # compiler in jax 0.11.2 -- a Triton GEMM-fusion check -- and took the process with it.)
-[ ${#variants[@]} -gt 0 ] || variants=(default bn_grad=autodiff stem_s2d=false stored_act=false batch=512)
+[ ${#variants[@]} -gt 0 ] || variants=(default bn_fuse_relu=false bn_sums=pallas stem_s2d=false batch=512)
 out=${OUT:-/tmp}
 rows=$out/gpu_rows.jsonl
 : > "$rows"
