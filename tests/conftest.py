@@ -11,6 +11,7 @@ os.environ.setdefault(
 )
 
 import jax
+import jax.numpy as jnp
 import pytest
 
 TINY = dict(
@@ -31,3 +32,22 @@ def tiny_kwargs():
 @pytest.fixture
 def images():
     return jax.random.normal(jax.random.key(1), (4, 8, 8, 3))
+
+
+@pytest.fixture
+def train_grads(images):
+    """For a ResNet: ((loss, updated batch_stats), parameter gradients) of a train-mode loss
+    on `images` (a log-softmax, so that every logit matters)."""
+
+    def run(model):
+        v = model.init(jax.random.key(0), images)
+
+        def loss(params):
+            logits, upd = model.apply(
+                {**v, "params": params}, images, train=True, mutable=["batch_stats"]
+            )
+            return jnp.sum(jax.nn.log_softmax(logits)[:, 0]), upd
+
+        return jax.jit(jax.value_and_grad(loss, has_aux=True))(v["params"])
+
+    return run

@@ -59,3 +59,29 @@ def test_table_mfu_ratio_and_failures(tmp_path):
 )
 def test_kernel_kinds(name, kind):
     assert kernel_kind(name).startswith(kind)
+
+
+def test_bn_sums_shape_table_is_resnet50s(monkeypatch):
+    """bn_sums.py weights each shape by its count: every BatchNorm of ResNet-50's train step."""
+    from collections import Counter
+
+    import jax
+    import jax.numpy as jnp
+
+    from experiments.benchmarks.bn_sums import RESNET50_SHAPES
+    from resflax.models import create_model, norms
+
+    seen = Counter()
+    forward = norms._bn_forward
+
+    def spy(x, *args):
+        seen[(x.shape[1], x.shape[-1])] += 1
+        return forward(x, *args)
+
+    monkeypatch.setattr(norms, "_bn_forward", spy)
+    model = create_model("resnet50")
+    x = jnp.ones((1, 224, 224, 3))
+    v = jax.eval_shape(model.init, jax.random.key(0), x)
+    jax.eval_shape(lambda v: model.apply(v, x, train=True, mutable=["batch_stats"]), v)
+    assert dict(seen) == RESNET50_SHAPES
+    assert sum(RESNET50_SHAPES.values()) == 53

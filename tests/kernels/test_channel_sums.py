@@ -81,17 +81,7 @@ def test_triton_lowering_for_the_gpu():
             assert lowered.as_text().count("__gpu$xla.gpu.triton") == 1
 
 
-def test_resnet_with_pallas_sums_matches_xla(tiny_kwargs, images):
-    results = []
-    for sums in ("pallas", "xla"):
-        model = ResNet(**tiny_kwargs, bn_sums=sums)
-        v = model.init(jax.random.key(0), images)
-
-        def loss(params, model=model, v=v):
-            logits, upd = model.apply({**v, "params": params}, images, train=True,
-                                      mutable=["batch_stats"])  # fmt: skip
-            return jnp.sum(jax.nn.log_softmax(logits)[:, 0]), upd
-
-        results.append(jax.jit(jax.value_and_grad(loss, has_aux=True))(v["params"]))
+def test_resnet_with_pallas_sums_matches_xla(tiny_kwargs, train_grads):
+    results = [train_grads(ResNet(**tiny_kwargs, bn_sums=sums)) for sums in ("pallas", "xla")]
     jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6), *results)
     assert ResNet(**tiny_kwargs).bn_sums == "xla"

@@ -159,22 +159,12 @@ def test_bad_grad_is_named():
 
 
 @pytest.mark.parametrize("extra", [{}, {"scan": True, "remat": True}])
-def test_resnet_gradients_match_autodiff(tiny_kwargs, images, extra):
+def test_resnet_gradients_match_autodiff(tiny_kwargs, train_grads, extra):
     """Whole network (stem, blocks, projection shortcuts; scanned and rematerialised stages),
     and the closed form is the default."""
     assert ResNet(**tiny_kwargs).bn_grad == "closed"
-    results = []
-    for g in ("closed", "autodiff"):
-        model = ResNet(**tiny_kwargs, **extra, bn_grad=g)
-        v = model.init(jax.random.key(0), images)
-
-        def loss(params, model=model, v=v):
-            logits, upd = model.apply({**v, "params": params}, images, train=True,
-                                      mutable=["batch_stats"])  # fmt: skip
-            return jnp.sum(jax.nn.log_softmax(logits)[:, 0]), upd
-
-        results.append(jax.jit(jax.value_and_grad(loss, has_aux=True))(v["params"]))
-    _assert_close(*results)
+    _assert_close(*(train_grads(ResNet(**tiny_kwargs, **extra, bn_grad=g))
+                    for g in ("closed", "autodiff")))  # fmt: skip
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
@@ -208,7 +198,7 @@ def test_relu_fused_under_a_mapped_axis():
 
 
 @pytest.mark.parametrize("extra", [{}, {"scan": True, "remat": True}, {"preact": True}])
-def test_resnet_with_relu_fused_matches_unfused(tiny_kwargs, images, extra, monkeypatch):
+def test_resnet_with_relu_fused_matches_unfused(tiny_kwargs, train_grads, extra, monkeypatch):
     """Every BatchNorm followed by a ReLU takes it in (stem and first norm of each basic block;
     not the second, whose ReLU follows the residual add): the same logits and gradients."""
     from resflax.models import norms
@@ -223,16 +213,8 @@ def test_resnet_with_relu_fused_matches_unfused(tiny_kwargs, images, extra, monk
     monkeypatch.setattr(norms, "_bn_forward", spy)
     results = []
     for fuse in (True, False):
-        model = ResNet(**tiny_kwargs, **extra, bn_fuse_relu=fuse)
-        v = model.init(jax.random.key(0), images)
-
-        def loss(params, model=model, v=v):
-            logits, upd = model.apply({**v, "params": params}, images, train=True,
-                                      mutable=["batch_stats"])  # fmt: skip
-            return jnp.sum(jax.nn.log_softmax(logits)[:, 0]), upd
-
         fused_flags.clear()
-        results.append(jax.value_and_grad(loss, has_aux=True)(v["params"]))
+        results.append(train_grads(ResNet(**tiny_kwargs, **extra, bn_fuse_relu=fuse)))
         if fuse and not extra:
             # cifar stem + 4 basic blocks: 1 + 4 fused; 4 second norms + 1 projection not.
             assert sorted(fused_flags) == [False] * 5 + [True] * 5
