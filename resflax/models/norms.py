@@ -174,29 +174,32 @@ class BatchNorm(nn.BatchNorm):
     def __call__(self, x, use_running_average=None, *, mask=None):
         if self.act not in FUSABLE_ACTS:
             raise ValueError(f"BatchNorm act={self.act!r} is not one of {tuple(FUSABLE_ACTS)}")
+        y, fused = self._normalised(x, use_running_average, mask)
+        if not fused:
+            return FUSABLE_ACTS[self.act](y)
+        # relu_stored's barrier: the output stored once rather than recomputed by consumers.
+        return stored(y) if self.act == "relu_stored" else y
+
+    def _normalised(self, x, use_running_average, mask) -> tuple[Array, bool]:
+        """BatchNorm's output, and whether `act` is already applied (fused into the closed form)."""
         training = not nn.merge_param(
             "use_running_average", self.use_running_average, use_running_average
         )
         if not training or self.is_initializing():
-            y = super().__call__(x, use_running_average=use_running_average, mask=mask)
-            return FUSABLE_ACTS[self.act](y)
+            return super().__call__(x, use_running_average=use_running_average, mask=mask), False
         if self.grad == "closed" and mask is None and self._closed_form_applies(x):
             fused = self.act is not None and self.fuse_act
             y, mean, var = self._closed(x, relu=fused)
             self._update_running(x, mean, var)
-            if not fused:
-                return FUSABLE_ACTS[self.act](y)
-            # relu_stored's barrier: the output stored once rather than recomputed by consumers.
-            return stored(y) if self.act == "relu_stored" else y
+            return y, fused
         if self.running_var == "biased":
-            y = super().__call__(x, use_running_average=use_running_average, mask=mask)
-            return FUSABLE_ACTS[self.act](y)
+            return super().__call__(x, use_running_average=use_running_average, mask=mask), False
         old = self.get_variable("batch_stats", "var")
         y = super().__call__(x, use_running_average=use_running_average, mask=mask)
         new = self.get_variable("batch_stats", "var")
         # new = m * old + (1 - m) * biased; torch adds (1 - m) * biased / (n - 1) on top.
         self.put_variable("batch_stats", "var", new + (new - self.momentum * old) / self._dof(x))
-        return FUSABLE_ACTS[self.act](y)
+        return y, False
 
     def _dof(self, x: Array) -> Any:
         return max(_count(x, self.axis_name) - 1, 1)
