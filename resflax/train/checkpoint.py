@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from resflax.train.state import TrainState
@@ -38,6 +39,18 @@ def _restore_target(target: TrainState) -> dict[str, Any]:
         shapes,
         _leaves(target),
     )
+
+
+def _state_handler() -> ocp.PyTreeCheckpointHandler:
+    """orbax's pytree handler with replica-parallel saving off. That default splits every
+    replicated array into one slice per replica and jit-compiles each slice op per shape and
+    device: ResNet-20 on 8 devices spent 2.3 s of its first save compiling them (30 arrays on
+    8 devices: 10.7 s against 0.09 s without), while a replicated state is written once anyway."""
+    arrays = ocp.type_handlers.ArrayHandler(use_replica_parallel=False)
+    types = ocp.type_handlers.create_type_handler_registry(
+        (jax.Array, arrays), (np.ndarray, ocp.type_handlers.NumpyHandler())
+    )
+    return ocp.PyTreeCheckpointHandler(type_handler_registry=types)
 
 
 def _key_impl(key: Any) -> Any:
@@ -73,10 +86,16 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True
         )
+        handlers = ocp.handlers.DefaultCheckpointHandlerRegistry()
+        state = _state_handler()
+        handlers.add("state", ocp.args.PyTreeSave, state)
+        handlers.add("state", ocp.args.PyTreeRestore, state)
+        for item in ("data", "meta"):
+            handlers.add(item, ocp.args.JsonSave)
+            handlers.add(item, ocp.args.JsonRestore)
         self.manager = ocp.CheckpointManager(
-            (self.workdir / "checkpoints").absolute(), options=options,
-            item_names=("state", "data", "meta"),
-        )  # fmt: skip
+            (self.workdir / "checkpoints").absolute(), options=options, handler_registry=handlers
+        )
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -99,7 +118,7 @@ class Checkpointer:
         self.manager.save(
             step,
             args=ocp.args.Composite(
-                state=ocp.args.StandardSave(_arrays(state)),
+                state=ocp.args.PyTreeSave(_arrays(state)),
                 data=ocp.args.JsonSave(dict(data_position)),
                 meta=ocp.args.JsonSave(self.fingerprint),
             ),
@@ -112,10 +131,12 @@ class Checkpointer:
         if step is None:
             return None
         self.check_fingerprint()
+        stored = _restore_target(target)
+        restore_args = ocp.checkpoint_utils.construct_restore_args(stored)
         saved = self.manager.restore(
             step,
             args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(_restore_target(target)),
+                state=ocp.args.PyTreeRestore(stored, restore_args=restore_args),
                 data=ocp.args.JsonRestore(),
             ),
         )

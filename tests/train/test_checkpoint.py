@@ -5,10 +5,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from resflax.models import ResNet
 from resflax.train.checkpoint import Checkpointer
 from resflax.train.optim import make_optimizer
+from resflax.train.parallel import make_parallel
 from resflax.train.state import make_init
 from resflax.train.step import train_step
 
@@ -75,3 +78,30 @@ def test_max_to_keep(tmp_path):
     assert sorted(ckpt.manager.all_steps()) == [5, 6]
     with pytest.raises(ValueError, match="max_to_keep=0"):
         Checkpointer(tmp_path, FINGERPRINT, max_to_keep=0)
+
+
+def test_saving_a_state_replicated_on_8_devices_compiles_nothing(tmp_path):
+    """orbax's default (replica-parallel) save slices each replicated array once per device
+    and compiles every slice: ResNet-20's first save on 8 devices took 2.3 s of compiles. The
+    Checkpointer writes one replica as it is, and it restores bitwise."""
+    _, state = _state()
+    state = jax.device_put(state, NamedSharding(make_parallel("jit", 8).mesh, P()))
+    assert all(len(x.sharding.device_set) == 8 for x in jax.tree.leaves(state.params))
+    compiles = []
+
+    def listen(event, seconds, **_):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(seconds)
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        ckpt = Checkpointer(tmp_path, FINGERPRINT)
+        ckpt.save(state, {"epoch": 0, "index": 2})
+        ckpt.wait()
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    assert compiles == []
+    restored, _ = Checkpointer(tmp_path, FINGERPRINT).restore(state)
+    for a, b in zip(jax.tree.leaves(restored.params), jax.tree.leaves(state.params), strict=True):
+        np.testing.assert_array_equal(a, b)
+        assert a.sharding == b.sharding
