@@ -24,6 +24,19 @@ TINY = dict(
 )
 
 
+@pytest.fixture(scope="session", autouse=True)
+def shared_compilation_cache(tmp_path_factory):
+    """The CLI runs in subprocesses (dozens, several compiling the same tiny programs) share
+    one persistent compilation cache for the session: a warm cache halves a tiny run (8.6 ->
+    4.6 s). JAX reads these variables when it is imported, so this process, which imported it
+    above, compiles everything itself as before. Under xdist the workers share the folder."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(root / "jax-compilation-cache")
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.1"
+
+
 @pytest.fixture
 def tiny_kwargs():
     return dict(TINY)
