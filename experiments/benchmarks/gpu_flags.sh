@@ -5,24 +5,34 @@
 # ${LIMIT:-40} s (about 30 s each on an H200).
 # Writes $OUT/gpu_flags.md and the raw rows.
 #
-#   bash experiments/benchmarks/gpu_flags.sh [BATCH] [STEPS]
+#   bash experiments/benchmarks/gpu_flags.sh [BATCH] [STEPS] [FLAGS ...]
+#
+# Without FLAGS, the candidates not measured yet: Triton for every matrix product (1x1
+# convolutions are cuBLAS calls in the profile; a Triton GEMM fusion can take the
+# normalise-ReLU that feeds it as a prologue) and cuDNN's GEMM fusions (Hopper and later).
+# Measured on an H200 on 2026-11-26, none adopted (experiments/results/gpu_train_step.md):
+# fusion_block_level_rewriter, enable_conv_fusion, triton_heroless_priority_fusion,
+# unsupported_enable_triton_multi_output_fusion. Every flag here exists in jaxlib 0.10.2 and
+# 0.11.2 (tests/benchmarks/test_gpu_bench.py parses them).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 batch=${1:-256}
 steps=${2:-15}
 out=${OUT:-/tmp}
+candidates=(
+  "--xla_gpu_triton_gemm_any=true"
+  "--xla_gpu_cudnn_gemm_fusion_level=1"
+  "--xla_gpu_cudnn_gemm_fusion_level=3"
+  "--xla_gpu_triton_gemm_any=true --xla_gpu_cudnn_gemm_fusion_level=3"
+)
 rows=$out/gpu_flags_rows.jsonl
 : > "$rows"
 # Later processes reuse the first one's autotuning results (compile time, not step time).
 cache="--xla_gpu_per_fusion_autotune_cache_dir=/tmp/resflax-autotune"
-flags=(
-  ""
-  "--xla_gpu_experimental_enable_fusion_block_level_rewriter=true"
-  "--xla_gpu_experimental_enable_conv_fusion=true"
-  "--xla_gpu_experimental_enable_triton_heroless_priority_fusion=true"
-  "--xla_gpu_unsupported_enable_triton_multi_output_fusion=true"
-)
+shift $(( $# < 2 ? $# : 2 ))
+[ $# -eq 0 ] || candidates=("$@")
+flags=("" "${candidates[@]}")
 for f in "${flags[@]}"; do
   label=${f:-default}
   row=$(XLA_FLAGS="$cache $f" timeout "${LIMIT:-40}" python3 experiments/benchmarks/gpu_bench.py \

@@ -2,6 +2,10 @@
 variant parsing, the table's arithmetic, the profile's kernel kinds, and the MAC constant."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -85,3 +89,22 @@ def test_bn_sums_shape_table_is_resnet50s(monkeypatch):
     jax.eval_shape(lambda v: model.apply(v, x, train=True, mutable=["batch_stats"]), v)
     assert dict(seen) == RESNET50_SHAPES
     assert sum(RESNET50_SHAPES.values()) == 53
+
+
+def test_gpu_flags_candidates_are_flags_this_jaxlib_knows():
+    """An unknown flag in XLA_FLAGS aborts the process: found here, not in the minutes of a
+    lent GPU. The GPU flags are parsed by the CPU jaxlib too."""
+    script = (Path(__file__).parents[2] / "experiments/benchmarks/gpu_flags.sh").read_text()
+    block = script.split("candidates=(", 1)[1].split(")", 1)[0]
+    flags = sorted({f for line in block.split('"')[1::2] for f in line.split()})
+    assert len(flags) >= 2 and all(f.startswith("--xla_gpu_") for f in flags), flags
+    env = {**os.environ, "XLA_FLAGS": " ".join(flags), "JAX_PLATFORMS": "cpu"}
+    done = subprocess.run(
+        [sys.executable, "-c", "import jax; print(jax.numpy.ones(2).sum())"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0 and done.stdout.strip() == "2.0", done.stderr[-2000:]
+    env["XLA_FLAGS"] += " --xla_gpu_no_such_flag=true"  # the check itself can fail
+    done = subprocess.run([sys.executable, "-c", "import jax; jax.numpy.ones(2)"], env=env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode != 0 and "no_such_flag" in done.stderr
