@@ -1,12 +1,19 @@
 """tensorflow-datasets pipelines, offline: tfds' mock data for CIFAR-10 and ImageNet, and real
 image files (PNG and JPEG) in an image folder written by the tests."""
 
+import contextlib
 import json
 import math
 import time
 
 import numpy as np
 import pytest
+
+# torchvision (where installed) before TensorFlow: collected after this file in one pytest
+# process (`pytest tests/data tests/convert`), its import of triton (through torch._dynamo)
+# segfaulted in triton's native library.
+with contextlib.suppress(ImportError):
+    import torchvision  # noqa: F401
 import tensorflow as tf
 import tensorflow_datasets as tfds
 from ml_collections import ConfigDict
