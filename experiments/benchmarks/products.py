@@ -1,6 +1,7 @@
 """ResNet-50's matrix products on this CPU: XLA:CPU beside torch on the same shapes.
 
     python experiments/benchmarks/products.py [--model resnet50] [--batch 32] [--reps 7] [--cores N]
+        [--dtype float32|bfloat16]
 
 The 1x1 convolutions (and the classifier) are matrix products in resflax's train step
 (`models.layers.conv_dot_1x1`): per layer a forward product `x @ w` (M x ci by ci x co, M =
@@ -14,7 +15,9 @@ slower in a process with JAX loaded). `--cores 1` pins both to one core: in the 
 XLA:CPU runs independent products side by side, one core each, so that is closer to the
 speed they get there. The sums say how much of a train step the products take and how much
 faster the same products run in another library on this machine;
-experiments/results/products.md (products_1core.md for one core).
+experiments/results/products.md (products_1core.md for one core). `--dtype bfloat16` times
+them with bf16 operands and results in both (products_bf16.md): what bf16 compute would buy
+on a CPU with bf16 instructions.
 """
 
 from __future__ import annotations
@@ -72,7 +75,7 @@ def _time(fn, args: tuple, reps: int) -> float:
     return median(_time_steps(lambda: fn(*args), reps)["step_s"])
 
 
-def child_jax(model_name: str, shapes: list, reps: int) -> dict:
+def child_jax(model_name: str, shapes: list, reps: int, dtype: str) -> dict:
     from experiments.benchmarks.step_impls import recipe_setup
 
     recipe_setup(model_name)
@@ -92,9 +95,9 @@ def child_jax(model_name: str, shapes: list, reps: int) -> dict:
     out = {}
     for m, ci, co in shapes:
         keys = jax.random.split(jax.random.key(0), 3)
-        x = jax.random.normal(keys[0], (m, ci))
-        w = jax.random.normal(keys[1], (ci, co))
-        g = jax.random.normal(keys[2], (m, co))
+        x = jax.random.normal(keys[0], (m, ci), dtype)
+        w = jax.random.normal(keys[1], (ci, co), dtype)
+        g = jax.random.normal(keys[2], (m, co), dtype)
         for kind, f in fns.items():
             out[f"{m},{ci},{co},{kind}"] = _time(
                 lambda *a, f=f: jax.block_until_ready(f(*a)), (x, w, g), reps
@@ -102,7 +105,7 @@ def child_jax(model_name: str, shapes: list, reps: int) -> dict:
     return out
 
 
-def child_torch(shapes: list, reps: int) -> dict:
+def child_torch(shapes: list, reps: int, dtype: str) -> dict:
     import torch
 
     torch.set_num_threads(len(os.sched_getaffinity(0)))
@@ -114,7 +117,8 @@ def child_torch(shapes: list, reps: int) -> dict:
     out = {}
     with torch.no_grad():
         for m, ci, co in shapes:
-            args = (torch.randn(m, ci), torch.randn(ci, co), torch.randn(m, co))
+            dt = getattr(torch, dtype)
+            args = tuple(torch.randn(*s, dtype=dt) for s in ((m, ci), (ci, co), (m, co)))
             for kind, f in ops.items():
                 out[f"{m},{ci},{co},{kind}"] = _time(f, args, reps)
     return out
@@ -126,17 +130,18 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--cores", type=int, default=None, help="pin both to this many CPUs")
+    ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     ap.add_argument("--child", choices=("jax", "torch"), help=argparse.SUPPRESS)
     ap.add_argument("--shapes", help=argparse.SUPPRESS)
-    ap.add_argument("--out", default=None, help="default: products.md, products_1core.md")
+    ap.add_argument("--out", default=None, help="default: products[_Ncore][_bf16].md")
     args = ap.parse_args()
     cpus = sorted(os.sched_getaffinity(0))
     if args.cores is not None and not 1 <= args.cores <= len(cpus):
         sys.exit(f"--cores {args.cores} must be between 1 and this machine's {len(cpus)} CPUs")
     args.cores = args.cores or len(cpus)
     if args.out is None:
-        name = "products.md" if args.cores == len(cpus) else f"products_{args.cores}core.md"
-        args.out = str(RESULTS / name)
+        name = "products" if args.cores == len(cpus) else f"products_{args.cores}core"
+        args.out = str(RESULTS / (name + ("_bf16" if args.dtype == "bfloat16" else "") + ".md"))
     from experiments.benchmarks.step_impls import WORKLOADS
 
     if args.model not in WORKLOADS:
@@ -148,9 +153,9 @@ def main() -> None:
         os.sched_setaffinity(0, cpus[: args.cores])
         shapes = json.loads(args.shapes)
         res = (
-            child_jax(args.model, shapes, args.reps)
+            child_jax(args.model, shapes, args.reps, args.dtype)
             if args.child == "jax"
-            else child_torch(shapes, args.reps)
+            else child_torch(shapes, args.reps, args.dtype)
         )
         print(json.dumps(res))
         return
@@ -158,7 +163,7 @@ def main() -> None:
     counts = product_shapes(args.model, args.batch)
     shapes = sorted(counts, key=lambda s: (-s[0], s[1], s[2]))
     common = ["--model", args.model, "--reps", str(args.reps), "--shapes", json.dumps(shapes),
-              "--cores", str(args.cores)]  # fmt: skip
+              "--cores", str(args.cores), "--dtype", args.dtype]  # fmt: skip
     results = {}
     for impl in ("jax", "torch"):
         res = run_child([__file__, "--child", impl, *common])
@@ -206,11 +211,12 @@ def report(args, counts, shapes, results) -> None:
         __doc__.split("\n\n", 2)[2].strip()
         + f"\n\nMachine: {environment(('jax', 'jaxlib'))}, {versions(('torch',))}. "
         + f"{args.model}, batch {args.batch}, median of {args.reps} runs per product, "
-        + f"{args.cores} core{'s' if args.cores > 1 else ''}."
+        + f"{args.cores} core{'s' if args.cores > 1 else ''}, {args.dtype}."
     )
     print(body)
     write_result(
-        Path(args.out), f"Matrix products of {args.model}'s train step: XLA:CPU and torch",
+        Path(args.out),
+        f"Matrix products of {args.model}'s train step: XLA:CPU and torch, {args.dtype}",
         "python experiments/benchmarks/products.py " + " ".join(sys.argv[1:]), intro, body,
     )  # fmt: skip
 
