@@ -147,7 +147,12 @@ def _torch_model(name: str, classes: int):
 
 
 def torchvision_step(
-    name: str, batch: int, steps: int, channels_last: bool = False, retain: bool = False
+    name: str,
+    batch: int,
+    steps: int,
+    channels_last: bool = False,
+    retain: bool = False,
+    bf16: bool = False,
 ) -> dict:
     if retain:  # resflax's host_malloc="retain", before torch starts its threads
         from resflax.train.host_memory import retain_freed_memory
@@ -168,7 +173,9 @@ def torchvision_step(
 
     def step():
         opt.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.cross_entropy(model(x), y)
+        # bf16: torch's automatic mixed precision on CPU (float32 weights, bf16 compute).
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
         loss.backward()
         opt.step()
         loss.item()
@@ -224,10 +231,12 @@ def matmul_torch(_: str, __: int, steps: int) -> dict:
 
 IMPLS = {
     "resflax": resflax,
+    "resflax_bf16": resflax,  # with RESFLAX_MODEL_OVERRIDES={"dtype": "bfloat16"}
     "flax_example": flax_example,
     "torchvision": torchvision_step,
     "torchvision_cl": lambda n, b, s: torchvision_step(n, b, s, channels_last=True),
     "torchvision_cl_retain": lambda n, b, s: torchvision_step(n, b, s, True, retain=True),
+    "torchvision_cl_bf16": lambda n, b, s: torchvision_step(n, b, s, True, bf16=True),
     "keras": keras,
     "matmul_jax": matmul_jax,
     "matmul_torch": matmul_torch,

@@ -39,6 +39,9 @@ from experiments.benchmarks.common import (
 
 IMPLS = ("resflax", "flax_example", "torchvision", "torchvision_cl", "keras",
          "torchvision_cl_retain")  # fmt: skip
+# Outside the targets (float32), by --impls only: bf16 compute in resflax (`dtype`) and in
+# torch (autocast), for CPUs with bf16 instructions.
+BF16_IMPLS = ("resflax_bf16", "torchvision_cl_bf16")
 LABELS = {
     "resflax": "resflax",
     "flax_example": "Flax-example style",
@@ -46,6 +49,8 @@ LABELS = {
     "torchvision_cl": "torchvision channels_last",
     "keras": "Keras 3 / TF (graph)",
     "torchvision_cl_retain": "torchvision channels_last + resflax's malloc",
+    "resflax_bf16": "resflax bf16",
+    "torchvision_cl_bf16": "torchvision channels_last bf16 autocast",
 }
 DEFAULTS = {"resnet18": (32, 3), "resnet50": (32, 3), "resnet56": (128, 5)}  # batch, steps
 CHILD = "experiments/benchmarks/step_impls.py"
@@ -53,7 +58,8 @@ CHILD = "experiments/benchmarks/step_impls.py"
 
 def env_for(impl: str) -> dict[str, str]:
     # Children start from XLA's defaults; resflax adds its own settings as its CLI does.
-    return {"XLA_FLAGS": "", "RESFLAX_MODEL_OVERRIDES": "{}"}
+    overrides = '{"dtype": "bfloat16"}' if impl == "resflax_bf16" else "{}"
+    return {"XLA_FLAGS": "", "RESFLAX_MODEL_OVERRIDES": overrides}
 
 
 def applicable(impl: str, model: str) -> bool:
@@ -193,10 +199,11 @@ def main() -> None:
     ap.add_argument("--table-from", default=None, help="only rebuild the tables from --rows")
     args = ap.parse_args()
     models, impls = args.models.split(","), args.impls.split(",")
-    bad = [m for m in models if m not in DEFAULTS] + [i for i in impls if i not in IMPLS]
+    known = IMPLS + BF16_IMPLS
+    bad = [m for m in models if m not in DEFAULTS] + [i for i in impls if i not in known]
     if bad:
         sys.exit(f"unknown model/implementation {bad}; models: {list(DEFAULTS)}, "
-                 f"implementations: {list(IMPLS)}")  # fmt: skip
+                 f"implementations: {list(known)}")  # fmt: skip
     if args.table_from:
         rows = [json.loads(x) for x in Path(args.table_from).read_text().splitlines() if x]
     else:

@@ -1,5 +1,5 @@
 // oneDNN's convolutions as an XLA:CPU FFI target, in JAX's layouts (NHWC activations, HWIO
-// weights, float32), so that a jitted JAX program runs its kxk convolutions and their gradients
+// weights; float32, or bfloat16 with float32 accumulation), so that a jitted JAX program runs its kxk convolutions and their gradients
 // in oneDNN's kernels (the ones torch uses on CPU) instead of Eigen's. Built by
 // `python -m resflax.kernels.build`; used through `resflax.kernels.onednn`.
 //
@@ -7,7 +7,8 @@
 //   0 forward:          y  = conv(x, w)      a = x, b = w, out = y
 //   1 input gradient:   dx from (g, w)       a = g, b = w, out = dx
 //   2 weight gradient:  dw from (x, g)       a = x, b = g, out = dw
-// Shapes come from the buffers; strides and padding from attributes.
+// Shapes and the data type (all three buffers alike) come from the buffers; strides and padding
+// from attributes.
 
 #include <sys/mman.h>
 
@@ -49,19 +50,19 @@ using Dims = std::array<int64_t, 4>;
 
 // oneDNN's logical order is (N, C, H, W) for activations and (O, I, H, W) for weights; the
 // strides say where JAX keeps them.
-dnnl_memory_desc_t Nhwc(const Dims& d) {
+dnnl_memory_desc_t Nhwc(const Dims& d, dnnl_data_type_t t) {
   dnnl_dims_t dims = {d[0], d[3], d[1], d[2]};
   dnnl_dims_t strides = {d[1] * d[2] * d[3], 1, d[2] * d[3], d[3]};
   dnnl_memory_desc_t md = nullptr;
-  dnnl_memory_desc_create_with_strides(&md, 4, dims, dnnl_f32, strides);
+  dnnl_memory_desc_create_with_strides(&md, 4, dims, t, strides);
   return md;
 }
 
-dnnl_memory_desc_t Hwio(const Dims& d) {
+dnnl_memory_desc_t Hwio(const Dims& d, dnnl_data_type_t t) {
   dnnl_dims_t dims = {d[3], d[2], d[0], d[1]};
   dnnl_dims_t strides = {1, d[3], d[1] * d[2] * d[3], d[2] * d[3]};
   dnnl_memory_desc_t md = nullptr;
-  dnnl_memory_desc_create_with_strides(&md, 4, dims, dnnl_f32, strides);
+  dnnl_memory_desc_create_with_strides(&md, 4, dims, t, strides);
   return md;
 }
 
@@ -87,15 +88,15 @@ struct PdGuard {
   ~PdGuard() { dnnl_primitive_desc_destroy(pd); }
 };
 
-ffi::Error MakePlan(int64_t kind, const Dims& xd, const Dims& wd, const Dims& yd,
-                    const int64_t* st, const int64_t* lo, const int64_t* hi, Plan& p) {
-  p.x = Nhwc(xd);
-  p.y = Nhwc(yd);
-  p.user_w = Hwio(wd);
+ffi::Error MakePlan(int64_t kind, dnnl_data_type_t t, const Dims& xd, const Dims& wd,
+                    const Dims& yd, const int64_t* st, const int64_t* lo, const int64_t* hi,
+                    Plan& p) {
+  p.x = Nhwc(xd, t);
+  p.y = Nhwc(yd, t);
+  p.user_w = Hwio(wd, t);
   MdGuard any_w{nullptr};
   dnnl_dims_t wdims = {wd[3], wd[2], wd[0], wd[1]};
-  RETURN_IF_DNNL(dnnl_memory_desc_create_with_tag(&any_w.md, 4, wdims, dnnl_f32,
-                                                  dnnl_format_tag_any));
+  RETURN_IF_DNNL(dnnl_memory_desc_create_with_tag(&any_w.md, 4, wdims, t, dnnl_format_tag_any));
   dnnl_dims_t strides = {st[0], st[1]}, dilation = {0, 0};
   dnnl_dims_t pad_l = {lo[0], lo[1]}, pad_r = {hi[0], hi[1]};
   dnnl_primitive_attr_t attr = nullptr;
@@ -225,10 +226,14 @@ ffi::Error Conv(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> 
                 ffi::Span<const int64_t> pad_hi) {
   if (kind < 0 || kind > 2)
     return ffi::Error::InvalidArgument("kind must be 0, 1 or 2, got " + std::to_string(kind));
+  const ffi::DataType type = a.element_type();
+  if (type != ffi::DataType::F32 && type != ffi::DataType::BF16)
+    return ffi::Error::InvalidArgument("operands must be float32 or bfloat16");
   for (auto* buf : {&a, &b, &*out}) {
-    if (buf->element_type() != ffi::DataType::F32 || buf->dimensions().size() != 4)
-      return ffi::Error::InvalidArgument("operands must be 4-D float32");
+    if (buf->element_type() != type || buf->dimensions().size() != 4)
+      return ffi::Error::InvalidArgument("operands must be 4-D, all of one data type");
   }
+  const dnnl_data_type_t dnnl_type = type == ffi::DataType::F32 ? dnnl_f32 : dnnl_bf16;
   if (strides.size() != 2 || pad_lo.size() != 2 || pad_hi.size() != 2)
     return ffi::Error::InvalidArgument("strides, pad_lo and pad_hi need 2 entries each");
   Dims xd, wd, yd;
@@ -239,7 +244,8 @@ ffi::Error Conv(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> 
   auto put = [&key](const int64_t* v, size_t n) {
     key.append(reinterpret_cast<const char*>(v), n * sizeof(int64_t));
   };
-  put(&kind, 1);
+  const int64_t type_code = dnnl_type;
+  put(&kind, 1), put(&type_code, 1);
   put(xd.data(), 4), put(wd.data(), 4), put(yd.data(), 4);
   put(strides.begin(), 2), put(pad_lo.begin(), 2), put(pad_hi.begin(), 2);
   const Plan* plan = nullptr;
@@ -250,7 +256,8 @@ ffi::Error Conv(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> 
   }
   if (plan == nullptr) {
     auto p = std::make_unique<Plan>();
-    if (auto err = MakePlan(kind, xd, wd, yd, strides.begin(), pad_lo.begin(), pad_hi.begin(), *p);
+    if (auto err = MakePlan(kind, dnnl_type, xd, wd, yd, strides.begin(), pad_lo.begin(),
+                            pad_hi.begin(), *p);
         err.failure())
       return err;
     std::lock_guard<std::mutex> lock(plans_mu);

@@ -48,8 +48,9 @@ def make_conv(dtype: Any = jnp.float32, grad: str = "lax") -> ModuleDef:
     which XLA:CPU runs 2-4x faster with their gradients, and gives strided kxk convolutions
     an input gradient without zero-dilation; "canonical" adds, for stride-1 kxk
     convolutions, a backward pass in the layouts XLA:CPU runs fast inside loops (see
-    `conv_canonical_grad`); "onednn" is "dot" with kxk float32 convolutions and their
-    gradients in oneDNN (`conv_onednn`; XLA:CPU only, built by `make install`).
+    `conv_canonical_grad`); "onednn" is "dot" with kxk float32 convolutions, and in
+    bfloat16 every convolution, with their gradients in oneDNN (`conv_onednn`; XLA:CPU only,
+    built by `make install`).
     """
     if grad not in CONV_GRADS:
         raise ValueError(f"conv_grad={grad!r} is not one of {CONV_GRADS}")
@@ -125,16 +126,20 @@ def conv_onednn(
     precision: Any = None,
     **kwargs: Any,
 ) -> Array:
-    """`conv_dot_1x1` with ungrouped, undilated float32 NHWC kxk convolutions (any stride) in
-    oneDNN (`resflax.kernels.onednn`). XLA:CPU runs them in Eigen, its weight gradients
-    after transposing both operands: ResNet-50's step took 3.92 s that way and 3.59 s with
-    these (ResNet-56 0.86 -> 0.53 s). 1x1 convolutions stay matrix products, which XLA:CPU
-    runs at its matmul rate; bfloat16 and everything else goes to `conv_dot_1x1`.
+    """`conv_dot_1x1` with ungrouped, undilated NHWC kxk convolutions (any stride) in oneDNN
+    (`resflax.kernels.onednn`). XLA:CPU runs them in Eigen, its weight gradients after
+    transposing both operands: ResNet-50's step took 3.92 s that way and 3.59 s with these
+    (ResNet-56 0.86 -> 0.53 s). In float32, 1x1 convolutions stay matrix products, which
+    XLA:CPU runs at its matmul rate; in bfloat16 they go to oneDNN too, since XLA:CPU's bf16
+    products are no faster than its float32 ones (ResNet-50's on an AVX512-BF16 CPU: 2.35 s
+    against 2.53; oneDNN's 1.19 s, `experiments/results/products_bf16.md`). Anything else goes
+    to `conv_dot_1x1`.
     """
     plain = _is_plain_nhwc(
         lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count, kwargs
     )
-    if plain and not _is_unpadded_1x1(rhs, padding) and onednn.handles(lhs, rhs):
+    kxk = not _is_unpadded_1x1(rhs, padding) or lhs.dtype == jnp.bfloat16
+    if plain and kxk and onednn.handles(lhs, rhs):
         if isinstance(padding, str):
             padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
         pads = tuple(tuple(int(p) for p in pair) for pair in padding)

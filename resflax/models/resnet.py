@@ -39,10 +39,11 @@ class ResNet(nn.Module):
     scan / scan_unroll / remat / remat_policy: see `Stage`.
     conv_grad: how convolutions are written for the compiler (see `layers.make_conv`): "lax",
         "dot" (1x1 convolutions as matrix products), "canonical" (dot, plus loop-friendly
-        gradients of kxk convolutions), "onednn" (dot, with kxk float32 convolutions in
-        oneDNN: `resflax.kernels`) or "auto": on CPU onednn where the kernels are built and
-        JAX has one device, else canonical for scanned models and dot otherwise; lax on other
-        backends. The same function, to float rounding.
+        gradients of kxk convolutions), "onednn" (dot, with kxk float32 convolutions, and
+        in bfloat16 every convolution, in oneDNN: `resflax.kernels`) or "auto": on CPU
+        onednn where the kernels are built and JAX has one device, else canonical for
+        scanned models and dot otherwise; lax on other backends. The same function, to
+        float rounding.
     stem_s2d: the stem's strided first convolution computed space-to-depth
         (`layers.conv_space_to_depth`; same parameters and values); None: on GPU only, where
         it made the ResNet-50 step 4.7% faster (no change on XLA:CPU).
