@@ -10,14 +10,16 @@ Flax-example-style model (flax_example_style.py: plain nn.Conv/BatchNorm/max_poo
 default flags), torchvision NCHW and channels_last, and Keras 3's ResNet50 on TensorFlow
 (graph mode: its fastest CPU path here), all as their users run them; and, for ResNet-50 as a
 reference point outside the targets, torchvision channels_last with resflax's malloc setting
-(host_malloc="retain", which torch gains from too). Every step is SGD with momentum on one
-fixed random batch, float32. Step time is the median over all timed steps of all rounds, after
+(host_malloc="retain", which torch gains from too). By --impls only, outside the targets:
+resflax computing in bf16 (`dtype="bfloat16"`, float32 parameters) and torchvision
+channels_last under CPU autocast to bf16. Every step is SGD with momentum on one fixed random
+batch, float32 unless named bf16. Step time is the median over all timed steps of all rounds, after
 three warm-up steps per process (the first compiles for JAX and traces for Keras; with
 host_malloc="retain" the heap grows to its steady size within them).
 
 Utilisation: exact forward multiply-adds (resflax.cost) x 2 FLOPs x 3 (forward, and backward
 for inputs and weights) per image, times img/s, over the faster of JAX's and torch's 4096^3
-float32 matmul measured in the same run.
+float32 matmul measured in the same run (bf16 rows can pass 100%: the reference is float32's).
 """
 
 from __future__ import annotations
