@@ -8,10 +8,11 @@ stride-1 3x3 convolutions alone, forward and both gradients: 1.38 -> 1.10 s on 2
 
 The three directions are one FFI target (`onednn_conv.cc`), each the others' transpose, so
 reverse mode works to any order; forward mode (`jax.jvp`) does not (use
-`conv_grad="lax"`). Float32, or bfloat16 (float32 accumulation inside oneDNN; on CPUs with
-bf16 instructions about twice float32's speed); vmap runs the calls one by one. The kernels
-see whole arrays: under `jax.jit` with a batch sharded over several devices XLA cannot split
-the call, so `conv_grad="auto"` uses them only where JAX has one device.
+`conv_grad="lax"`). Float32, or bfloat16 (float32 accumulation inside oneDNN; taken by the
+models only on CPUs with bf16 instructions, where it runs about twice float32's speed); vmap
+runs the calls one by one. The kernels see whole arrays: under `jax.jit` with a batch sharded
+over several devices XLA cannot split the call, so `conv_grad="auto"` uses them only where
+JAX has one device.
 """
 
 from __future__ import annotations
@@ -154,10 +155,21 @@ def call_macs(eqn: Any) -> int:
     return math.prod(y[:3]) * math.prod(w)
 
 
-DTYPES = (jnp.float32, jnp.bfloat16)
+@functools.cache
+def native_bf16() -> bool:
+    """Whether this CPU has bf16 instructions (AVX512-BF16 or AMX). Without them oneDNN
+    emulates bf16 (slower than float32) or has no bf16 convolution at all (AVX2)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def handles(x: Any, w: Any) -> bool:
-    """Whether `conv` takes this pair: 4-D NHWC input and HWIO weights, both float32 or both
-    bfloat16."""
-    return x.ndim == 4 and w.ndim == 4 and x.dtype == w.dtype and x.dtype in DTYPES
+    """Whether `conv` takes this pair: 4-D NHWC input and HWIO weights, both float32, or both
+    bfloat16 on a CPU with bf16 instructions."""
+    if x.ndim != 4 or w.ndim != 4 or x.dtype != w.dtype:
+        return False
+    return x.dtype == jnp.float32 or (x.dtype == jnp.bfloat16 and native_bf16())

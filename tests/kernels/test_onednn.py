@@ -17,6 +17,9 @@ LINUX_X86 = (platform.system(), platform.machine()) == ("Linux", "x86_64")
 needs_kernels = pytest.mark.skipif(
     not LINUX_X86, reason="oneDNN's library is published for Linux x86-64 only"
 )
+needs_bf16 = pytest.mark.skipif(
+    not (LINUX_X86 and onednn.native_bf16()), reason="this CPU has no bf16 instructions"
+)
 
 
 @needs_kernels
@@ -65,7 +68,7 @@ def test_values_and_gradients_match_lax(n, h, w, ci, co, k, s, p):
     np.testing.assert_allclose(grad_norm_grad(got), grad_norm_grad(ref), rtol=1e-3, atol=1e-3)
 
 
-@needs_kernels
+@needs_bf16
 @pytest.mark.parametrize("n,h,w,ci,co,k,s,p", CASES[1:3] + CASES[4:])
 def test_bfloat16_values_and_gradients_match_lax(n, h, w, ci, co, k, s, p):
     """bf16 operands and results, float32 accumulation: within bf16 rounding of lax's bf16
@@ -102,7 +105,7 @@ def test_vmap_and_the_compiled_call():
 
 
 @needs_kernels
-def test_layers_route_kxk_float32_and_every_bfloat16_convolution():
+def test_layers_route_kxk_float32_and_every_bfloat16_convolution(monkeypatch):
     def conv(x, w, strides, padding):
         return layers.conv_onednn(x, w, strides, padding, dimension_numbers=NHWC)
 
@@ -117,9 +120,13 @@ def test_layers_route_kxk_float32_and_every_bfloat16_convolution():
     # to oneDNN too (XLA:CPU's bf16 products are not); mixed dtypes and groups go to XLA.
     assert not targets(lambda x, w: conv(x, w, (1, 1), "VALID"), x, w1)
     bf16 = lambda a: a.astype(jnp.bfloat16)  # noqa: E731
+    monkeypatch.setattr(onednn, "native_bf16", lambda: True)
     assert targets(lambda x, w: conv(x, w, (1, 1), ((1, 1), (1, 1))), bf16(x), bf16(w3))
     assert targets(lambda x, w: conv(x, w, (2, 2), "VALID"), bf16(x), bf16(w1))
     assert not targets(lambda x, w: conv(x, w, (1, 1), "VALID"), bf16(x), w1)
+    # Without bf16 instructions oneDNN would emulate them, slower than XLA: bf16 stays there.
+    monkeypatch.setattr(onednn, "native_bf16", lambda: False)
+    assert not targets(lambda x, w: conv(x, w, (1, 1), ((1, 1), (1, 1))), bf16(x), bf16(w3))
     got = conv(x, w3, (2, 2), "SAME")
     want = lax.conv_general_dilated(x, w3, (2, 2), "SAME", dimension_numbers=NHWC)
     np.testing.assert_allclose(got, want, rtol=1e-6)
@@ -150,7 +157,7 @@ def test_resnet_with_onednn_matches_canonical(tiny_kwargs, scan):
         np.testing.assert_allclose(a, b, rtol=2e-3, atol=1e-5)
 
 
-@needs_kernels
+@needs_bf16
 def test_bfloat16_resnet_runs_every_convolution_in_onednn(tiny_kwargs):
     """In bf16 the 1x1 convolutions go to oneDNN too. Against the float32 step, its loss and
     gradients are as close as XLA's bf16 step's (conv_grad="dot"): measured, relative L2 error
