@@ -3,6 +3,7 @@ op matched to the optimised HLO (dumped by XLA), summed by kind.
 
     python experiments/benchmarks/profile_step.py resnet50 --batch 32
     python experiments/benchmarks/profile_step.py resnet56 --batch 128 --flags "--xla_cpu_..."
+    python experiments/benchmarks/profile_step.py resnet50 --dtype bfloat16
 
 XLA:CPU runs convolutions and some products (the 1x1 convolutions' weight gradients) in Eigen
 asynchronously: their events record only the dispatch, so their time is in neither the kinds
@@ -86,6 +87,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--flags", default=None, help="XLA:CPU flags (default: the model's recipe)")
     ap.add_argument("--top", type=int, default=15)
+    ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     args = ap.parse_args()
     from experiments.benchmarks.step_impls import WORKLOADS, jax_setup, recipe_config
 
@@ -107,7 +109,7 @@ def main() -> None:
     from resflax.train.step import train_step
 
     size, classes, name = WORKLOADS[args.model]
-    model = create_model(name, num_classes=classes)
+    model = create_model(name, num_classes=classes, dtype=args.dtype)
     state, batch = jax_setup(model, size, classes, args.batch)
     step = jax.jit(train_step, donate_argnums=0)
     state, metrics = step(state, batch)
@@ -132,7 +134,8 @@ def main() -> None:
                     by_op[ev.name] += ev.duration_ns
                     spans.append((ev.start_ns, ev.start_ns + ev.duration_ns))
     total = sum(by_kind.values())
-    print(f"{args.model} batch {args.batch}, XLA flags {flags!r}: {total / 1e9:.2f} s thread time")
+    print(f"{args.model} batch {args.batch} {args.dtype}, XLA flags {flags!r}: "
+          f"{total / 1e9:.2f} s thread time")  # fmt: skip
     step, covered = coverage(spans)
     print(
         f"  the ops' events cover {covered / 1e9:.2f} s of the {step / 1e9:.2f} s step; in the "
