@@ -70,6 +70,9 @@ def _bwd(window, stride, padding, residuals, g):
     # Route it back phase by phase: padded input rows r = stride * q + phase receive from the
     # offsets i = phase + stride * t at output row q - t (columns alike), so each phase is a
     # sum of shifted output-sized arrays, and the phases interleave into the input grid.
+    # Summed in float32: up to four windows send to one input, and in bf16 every partial sum
+    # was rounded (and converted back and forth); the result is rounded once, at the end.
+    g = g.astype(jnp.promote_types(g.dtype, jnp.float32))
     zero = jnp.zeros((), g.dtype)
     n, c = g.shape[0], g.shape[-1]
     qh, qw = -(-hp // stride), -(-wp // stride)
@@ -87,7 +90,7 @@ def _bwd(window, stride, padding, residuals, g):
             cols.append(acc)
         rows.append(jnp.stack(cols, axis=3))
     dxp = jnp.stack(rows, axis=2).reshape(n, qh * stride, qw * stride, c)
-    return (dxp[:, padding : padding + h, padding : padding + w],)
+    return (dxp[:, padding : padding + h, padding : padding + w].astype(x.dtype),)
 
 
 _max_pool.defvjp(_fwd, _bwd)

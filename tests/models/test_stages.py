@@ -285,6 +285,23 @@ def test_max_pool_gradient_other_windows_and_strides(window, stride, padding):
     np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-6)
 
 
+def test_max_pool_gradient_in_bfloat16_is_summed_in_float32_and_rounded_once():
+    """Where windows overlap, an input receives up to four gradients: their sum is rounded to
+    bf16 once (as select-and-scatter in float32, then rounded), not after every addition."""
+    import flax.linen as nn
+
+    from resflax.models.pool import max_pool
+
+    x = jnp.maximum(jax.random.normal(jax.random.key(0), (2, 16, 16, 4)), 0).astype(jnp.bfloat16)
+    w = jax.random.normal(jax.random.key(1), (2, 8, 8, 4)).astype(jnp.bfloat16)
+    ours = jax.vjp(lambda x: max_pool(x, 3, 2, 1), x)[1](w)[0]
+    assert ours.dtype == jnp.bfloat16
+    f32 = lambda a: a.astype(jnp.float32)  # noqa: E731
+    pool = lambda x: nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))  # noqa: E731
+    want = jax.vjp(pool, f32(x))[1](f32(w))[0].astype(jnp.bfloat16)
+    np.testing.assert_array_equal(f32(ours), f32(want))
+
+
 def test_max_pool_refuses_bad_padding_and_layout():
     from resflax.models.pool import max_pool
 
