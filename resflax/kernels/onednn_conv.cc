@@ -1,7 +1,8 @@
 // oneDNN's convolutions as an XLA:CPU FFI target, in JAX's layouts (NHWC activations, HWIO
-// weights; float32, or bfloat16 with float32 accumulation), so that a jitted JAX program runs its kxk convolutions and their gradients
-// in oneDNN's kernels (the ones torch uses on CPU) instead of Eigen's. Built by
-// `python -m resflax.kernels.build`; used through `resflax.kernels.onednn`.
+// weights; float32, or bfloat16 with float32 accumulation), so that a jitted JAX program runs
+// its convolutions and their gradients in oneDNN's kernels (the ones torch uses on CPU)
+// instead of Eigen's. Built by `python -m resflax.kernels.build`; used through
+// `resflax.kernels.onednn`.
 //
 // One target, three kinds (attribute `kind`), each out = f(a, b):
 //   0 forward:          y  = conv(x, w)      a = x, b = w, out = y

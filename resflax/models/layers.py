@@ -138,8 +138,8 @@ def conv_onednn(
     plain = _is_plain_nhwc(
         lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count, kwargs
     )
-    kxk = not _is_unpadded_1x1(rhs, padding) or lhs.dtype == jnp.bfloat16
-    if plain and kxk and onednn.handles(lhs, rhs):
+    wanted = not _is_unpadded_1x1(rhs, padding) or lhs.dtype == jnp.bfloat16
+    if plain and wanted and onednn.handles(lhs, rhs):
         if isinstance(padding, str):
             padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
         pads = tuple(tuple(int(p) for p in pair) for pair in padding)
