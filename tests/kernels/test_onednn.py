@@ -71,8 +71,8 @@ def test_values_and_gradients_match_lax(n, h, w, ci, co, k, s, p):
 @needs_bf16
 @pytest.mark.parametrize("n,h,w,ci,co,k,s,p", CASES[1:3] + CASES[4:])
 def test_bfloat16_values_and_gradients_match_lax(n, h, w, ci, co, k, s, p):
-    """bf16 operands and results, float32 accumulation: within bf16 rounding of lax's bf16
-    convolution, and the same to 1e-5 as lax on the bf16-rounded values in float32, rounded."""
+    """bf16 operands and results, float32 accumulation: within one bf16 rounding of lax's
+    float32 convolution of the same bf16 values (gradients: within two)."""
     x = jax.random.normal(jax.random.key(0), (n, h, w, ci), jnp.bfloat16)
     kernel = jax.random.normal(jax.random.key(1), (k, k, ci, co), jnp.bfloat16)
     ref, got = _lax(s, p), jax.jit(lambda x, w: onednn.conv(x, w, (s, s), p))
@@ -181,7 +181,9 @@ def test_bfloat16_resnet_runs_every_convolution_in_onednn(tiny_kwargs):
     convs = sum(1 for p in jax.tree_util.tree_leaves_with_path(variables["params"])
                 if p[1].ndim == 4)  # fmt: skip
     assert text.count(onednn.TARGET) >= 3 * convs - 1  # forward, both gradients (not the stem's dx)
-    assert " convolution(" not in text and "dot_general" not in text.split("fc")[0]
+    # No convolution left to XLA, and products only for the classifier (its forward pass and
+    # gradients); conv_grad="dot" leaves 17 convolutions and 32 products here.
+    assert text.count("stablehlo.convolution") == 0 and text.count("dot_general") <= 3
     (l_xla, g_xla), (l_dnn, g_dnn), (l_f32, g_f32) = (
         grads(m)(variables["params"]) for m in models.values()
     )
