@@ -6,7 +6,7 @@ STAMP   := .venv/.installed
 KERNELS := resflax/kernels/_onednn_conv.so
 SETUP   := $(STAMP) $(KERNELS)
 # With XLA:CPU's optimisation barriers kept, as the CLI runs: remat really recomputes and
-# relu_stored really stores (resflax/train/xla_cpu.py).
+# relu_stored really stores (resflax/runtime/xla_flags.py).
 XLA_TEST_FLAGS := --xla_force_host_platform_device_count=8 --xla_disable_hlo_passes=cse_barrier_expander
 export JAX_NUMPY_RANK_PROMOTION := raise
 
@@ -74,23 +74,23 @@ zoo: $(SETUP)
 bench: bench-step bench-memory bench-loop bench-products
 
 bench-step: .venv/.installed-convert
-	$(PY) experiments/benchmarks/train_step.py
+	$(PY) experiments/benchmarks/cpu/train_step.py
 
 bench-products: .venv/.installed-convert
-	$(PY) experiments/benchmarks/products.py
-	$(PY) experiments/benchmarks/products.py --cores 1
+	$(PY) experiments/benchmarks/micro/products.py
+	$(PY) experiments/benchmarks/micro/products.py --cores 1
 
 bench-memory: $(SETUP)
-	$(PY) experiments/benchmarks/memory.py
+	$(PY) experiments/benchmarks/cpu/memory.py
 
 bench-loop: $(SETUP)
-	$(PY) experiments/benchmarks/loop_overhead.py
+	$(PY) experiments/benchmarks/cpu/loop_overhead.py
 
 bench-compile: $(SETUP)
-	$(PY) experiments/benchmarks/compile_vs_depth.py --out experiments/results/compile.md
+	$(PY) experiments/benchmarks/cpu/compile_vs_depth.py --out experiments/results/compile.md
 
 bench-input: $(SETUP)
-	$(PY) -m experiments.benchmarks.input_pipeline --out experiments/results/input_pipeline.md
+	$(PY) -m experiments.benchmarks.cpu.input_pipeline --out experiments/results/input_pipeline.md
 
 clean:
 	rm -rf .venv .pytest_cache .ruff_cache $(KERNELS)

@@ -4,6 +4,7 @@
 that are imported on demand.
 """
 
+from resflax import ops
 from resflax.models import (
     BasicBlock,
     BottleneckBlock,
@@ -31,6 +32,7 @@ __all__ = [
     "cost",
     "create_model",
     "list_models",
+    "ops",
     "stack_blocks",
     "unstack_blocks",
 ]

@@ -35,6 +35,17 @@ class _LibraryInfoFilter(std_logging.Filter):
         return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
 
 
+# Compiler settings that were model fields, and where they live now.
+_MOVED_TO_OPS = {
+    "conv_grad": "--config.ops.conv",
+    "stored_act": "--config.ops.act=relu_stored",
+    "stem_s2d": "--config.ops.stem_conv=space_to_depth",
+    "bn_grad": "--config.ops.norm=closed (or flax)",
+    "bn_sums": "--config.ops.norm=closed_pallas",
+    "bn_fuse_relu": "--config.ops.fuse_relu",
+}
+
+
 def _one_line(error: BaseException, unwrap: bool = True) -> str:
     """A flag or config error as one line: with `unwrap`, its innermost cause (absl and
     ml_collections wrap them in tracebacks and repr'd multi-line messages)."""
@@ -45,6 +56,11 @@ def _one_line(error: BaseException, unwrap: bool = True) -> str:
         text = text.strip("'\"").replace("\\'", "'").replace("\\n", "\n")
         key, _, hint = text.partition("\n")
         return f"unknown config key {key.strip()}; {hint.strip()}"
+    if isinstance(error, KeyError | AttributeError) and re.fullmatch(r"""["']*\w+["']*""", text):
+        key = text.strip("'\"")
+        moved = _MOVED_TO_OPS.get(key)
+        hint = f"; an execution setting now: {moved} (docs/execution.md)" if moved else ""
+        return f"unknown config key '{key}'{hint}"
     lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
     lines = [line for line in lines if not line.startswith("Pass --help")]
     if len(lines) > 1 and (isinstance(error, OSError) or lines[0].startswith("flag --config")):
@@ -84,7 +100,7 @@ def main(argv: list[str]) -> None:
         config.get("model")  # the file is loaded lazily: load it here, inside the try
     except (KeyError, AttributeError, ValueError, OSError) as e:
         _fail(e)
-    from resflax.train.host_memory import apply_host_malloc
+    from resflax.runtime import apply_cpu_flags, apply_host_malloc, cpu_flags
 
     try:
         # Before anything starts threads that allocate (XLA's pools, orbax, tf.data).
@@ -93,7 +109,6 @@ def main(argv: list[str]) -> None:
         _fail(e, unwrap=False)
     from resflax.train.distributed import initialize
     from resflax.train.loop import NonFiniteLossError, train_and_evaluate
-    from resflax.train.xla_cpu import apply_cpu_flags, cpu_flags
 
     try:
         # Before JAX starts its backends.

@@ -3,7 +3,7 @@
 import os
 
 # Tests run with 8 fake CPU devices, and with XLA:CPU's optimisation barriers kept so that
-# remat really recomputes (resflax/train/xla_cpu.py); set here too so a bare `pytest` behaves
+# remat really recomputes (resflax/runtime/xla_flags.py); set here too so a bare `pytest` behaves
 # like `make test`.
 os.environ.setdefault(
     "XLA_FLAGS",

@@ -46,12 +46,21 @@ def get_config() -> config_dict.ConfigDict:
             dropout_rate=placeholder(float),
             bn_momentum=placeholder(float),
             bn_running_var=placeholder(str),  # "unbiased": torch's running-variance update
-            conv_grad=placeholder(str),
-            stored_act=placeholder(bool),  # None: on CPU and GPU (models.layers.relu_stored)
-            stem_s2d=placeholder(bool),  # None: on GPU (models.layers.conv_space_to_depth)
-            bn_grad=placeholder(str),  # autodiff | closed (models.norms.batch_norm_train)
-            bn_fuse_relu=placeholder(bool),  # ReLU inside BatchNorm's closed form (norm_act)
-            bn_sums=placeholder(str),  # xla | pallas (resflax.kernels.channel_sums, GPU)
+        )
+    )
+    # How the model's operations are computed (resflax.ops.Ops): an execution detail, not the
+    # model's identity: a run resumes under another policy. name: auto (the fastest measured
+    # for this machine, resolved at start, logged and recorded in summary.json) | plain (JAX's
+    # own forms). Fields set here override the named policy's.
+    c.ops = config_dict.ConfigDict(
+        dict(
+            name="auto",
+            conv=placeholder(str),  # lax | dot | canonical | onednn
+            stem_conv=placeholder(str),  # lax | space_to_depth
+            norm=placeholder(str),  # flax | closed | closed_pallas
+            fuse_relu=placeholder(bool),
+            act=placeholder(str),  # relu | relu_stored
+            pool=placeholder(str),  # lax | phases
         )
     )
 
@@ -120,11 +129,11 @@ def get_config() -> config_dict.ConfigDict:
     c.parallel = "jit"  # jit (Mesh + NamedSharding) | pmap
     # Added to XLA_FLAGS before JAX starts (flags already in XLA_FLAGS win; "" adds none).
     # YNNPACK for products, convolutions and reductions: ResNet-50 CPU step 13.9 -> 10.6 s,
-    # 6.1 s with 1x1 convolutions as products (resflax/train/xla_cpu.py; README, Performance).
+    # 6.1 s with 1x1 convolutions as products (resflax/runtime/xla_flags.py; docs/performance.md).
     c.xla_cpu_flags = "--xla_cpu_experimental_ynn_fusion_type=dot,reduce"
     # auto | retain | system. retain: malloc keeps freed memory for the next step instead of
     # handing it back to the kernel, which zero-fills it again (ResNet-50 CPU step 6.1 -> 4.9 s;
-    # resflax/train/host_memory.py). auto: retain when JAX can only run on the CPU.
+    # resflax/runtime/host_memory.py). auto: retain when JAX can only run on the CPU.
     c.host_malloc = "auto"
     # One heap can fragment and grow by a step's buffer now and then; past this multiple of
     # the resident size at the first log step, malloc's defaults come back.

@@ -1,5 +1,5 @@
 """He et al. 2015 Table 6: CIFAR-10 test error of ResNet-20/32/44/56/110 with the paper's recipe
-(cifar10.py). Needs CIFAR-10 prepared for tfds (README "Data"); one GPU takes roughly an hour
+(cifar10.py). Needs CIFAR-10 prepared for tfds (docs/data.md); one GPU takes roughly an hour
 per member at the paper's 64k iterations.
 
     make sweep SWEEP=experiments/sweeps/cifar10_depths.py

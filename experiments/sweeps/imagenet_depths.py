@@ -1,5 +1,5 @@
 """ImageNet top-1 error vs depth, ResNet-18/34/50/101/152 with the Goyal et al. recipe
-(imagenet.py). Needs ImageNet prepared for tfds (README "Data") and a multi-GPU or TPU host:
+(imagenet.py). Needs ImageNet prepared for tfds (docs/data.md) and a multi-GPU or TPU host:
 launch one job per depth.
 
     make sweep SWEEP=experiments/sweeps/imagenet_depths.py LAUNCHER=slurm

@@ -1,11 +1,13 @@
 """Kernels that the compilers do not generate, called from jitted JAX code.
 
 `onednn`: kxk convolutions and their gradients in oneDNN through XLA:CPU's FFI
-(`conv_grad="onednn"`, the default on a one-device CPU when built). Built by `make install`
-(`python -m resflax.kernels.build`); importing resflax never needs them.
+(`Ops(conv="onednn")`, which `resflax.ops.auto()` picks on a one-device CPU when built).
+Built by `make install` (`python -m resflax.kernels.build`); importing resflax never needs
+them.
 
 `channel_sums`: BatchNorm's per-channel sums as a Pallas (Triton) kernel for GPUs
-(`bn_sums="pallas"`; measured, not the default). Nothing to build: Pallas compiles it.
+(`Ops(norm="closed_pallas")`; measured, not picked by `auto()`). Nothing to build: Pallas
+compiles it.
 """
 
 from pathlib import Path

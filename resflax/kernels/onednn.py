@@ -4,15 +4,15 @@ XLA:CPU runs convolutions in Eigen, and their weight gradients only after transp
 operands (the batch becomes the contracted feature); oneDNN, which torch and TensorFlow use
 on CPU, has kernels for all three directions in the NHWC layout JAX keeps. ResNet-50's
 stride-1 3x3 convolutions alone, forward and both gradients: 1.38 -> 1.10 s on 2 cores
-(stage 1's weight gradient 50.6 -> 24.7 ms); see the README's Performance section.
+(stage 1's weight gradient 50.6 -> 24.7 ms); see docs/performance.md.
 
 The three directions are one FFI target (`onednn_conv.cc`), each the others' transpose, so
-reverse mode works to any order; forward mode (`jax.jvp`) does not (use
-`conv_grad="lax"`). Float32, or bfloat16 (float32 accumulation inside oneDNN; taken by the
-models only on CPUs with bf16 instructions, where it runs about twice float32's speed); vmap
-runs the calls one by one. The kernels see whole arrays: under `jax.jit` with a batch sharded
-over several devices XLA cannot split the call, so `conv_grad="auto"` uses them only where
-JAX has one device.
+reverse mode works to any order; forward mode (`jax.jvp`) does not, nor does `jax.export`
+(an FFI target has no compatibility guarantee): the models reach it only through
+`Ops(conv="onednn")`, never by default. Float32, or bfloat16 (float32 accumulation inside
+oneDNN; about twice float32's speed on CPUs with bf16 instructions); vmap runs the calls one by
+one. The kernels see whole arrays: under `jax.jit` with a batch sharded over several devices XLA
+cannot split the call, so `resflax.ops.auto()` picks them only where JAX has one device.
 """
 
 from __future__ import annotations
@@ -155,21 +155,9 @@ def call_macs(eqn: Any) -> int:
     return math.prod(y[:3]) * math.prod(w)
 
 
-@functools.cache
-def native_bf16() -> bool:
-    """Whether this CPU has bf16 instructions (AVX512-BF16 or AMX). Without them oneDNN
-    emulates bf16 (slower than float32) or has no bf16 convolution at all (AVX2)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "").split()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def handles(x: Any, w: Any) -> bool:
-    """Whether `conv` takes this pair: 4-D NHWC input and HWIO weights, both float32, or both
-    bfloat16 on a CPU with bf16 instructions."""
+    """Whether `conv` takes this pair: 4-D NHWC input and HWIO weights, both float32 or both
+    bfloat16 (fast only on CPUs with bf16 instructions: `resflax.ops.machine.native_bf16`)."""
     if x.ndim != 4 or w.ndim != 4 or x.dtype != w.dtype:
         return False
-    return x.dtype == jnp.float32 or (x.dtype == jnp.bfloat16 and native_bf16())
+    return x.dtype in (jnp.float32, jnp.bfloat16)

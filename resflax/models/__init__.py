@@ -1,4 +1,5 @@
-"""Pure flax.linen residual networks. Imports jax and flax only."""
+"""Pure flax.linen residual networks: the architecture only. Imports jax and flax (and
+`resflax.ops`, the execution policy handed in from outside, which itself imports jax only)."""
 
 from resflax.models.blocks import (
     BasicBlock,
@@ -10,7 +11,7 @@ from resflax.models.blocks import (
 from resflax.models.cost import Cost, cost, count_macs, count_params
 from resflax.models.heads import Head
 from resflax.models.layers import SqueezeExcite, make_conv
-from resflax.models.norms import BatchNorm, batch_norm_train, make_norm
+from resflax.models.norms import BatchNorm, make_norm
 from resflax.models.registry import ModelEntry, create_model, get_entry, list_models
 from resflax.models.resnet import ResNet
 from resflax.models.stages import Stage, stack_blocks, unstack_blocks
@@ -30,7 +31,6 @@ __all__ = [
     "SqueezeExcite",
     "Stage",
     "Stem",
-    "batch_norm_train",
     "cost",
     "count_macs",
     "count_params",

@@ -1,10 +1,10 @@
 """Parameter count, exact multiply-adds and compiled memory of a model.
 
 Multiply-adds are counted from the traced computation: every `conv_general_dilated`,
-`dot_general` and oneDNN convolution (`resflax.kernels`) in the jaxpr, descending into
-sub-computations (jit, remat, custom derivatives) and multiplying `scan` bodies by their
-length. XLA's own cost analysis undercounts on CPU
-(it reports 1.69 G for a ResNet-18 of 1.81 G), so it is not used for MACs.
+`dot_general` and oneDNN convolution (`resflax.kernels`, reached through `resflax.ops`) in the
+jaxpr, descending into sub-computations (jit, remat, custom derivatives) and multiplying
+`scan` bodies by their length, so any execution policy counts the same. XLA's own cost
+analysis undercounts on CPU (it reports 1.69 G for a ResNet-18 of 1.81 G), so it is not used.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import jax
 import jax.numpy as jnp
 from jax.extend import core as jex_core
 
-from resflax.kernels import onednn
 from resflax.models.registry import create_model, get_entry
 from resflax.models.resnet import ResNet
 
@@ -90,8 +89,8 @@ def jaxpr_macs(jaxpr: Any) -> int:
             total += _conv_macs(eqn)
         elif name == "dot_general":
             total += _dot_macs(eqn)
-        elif name == "ffi_call" and eqn.params["target_name"] == onednn.TARGET:
-            total += onednn.call_macs(eqn)
+        elif name == "ffi_call":
+            total += _ffi_macs(eqn)
         elif name == "while":
             raise ValueError("cannot count MACs through a while loop: its trip count is dynamic")
         elif name == "cond":
@@ -100,6 +99,16 @@ def jaxpr_macs(jaxpr: Any) -> int:
             inner = sum(jaxpr_macs(j) for v in eqn.params.values() for j in _sub_jaxprs(v))
             total += inner * (eqn.params["length"] if name == "scan" else 1)
     return total
+
+
+def _ffi_macs(eqn: Any) -> int:
+    # Kernels reached through an execution policy (`resflax.ops`; imported only when seen).
+    from resflax.ops.conv import ffi_macs
+
+    macs = ffi_macs(eqn)
+    if macs is None:
+        raise ValueError(f"cannot count MACs of FFI call {eqn.params.get('target_name')!r}")
+    return macs
 
 
 def count_macs(fn: Callable[..., Any], *args: Any) -> int:
@@ -152,8 +161,9 @@ def cost(
             + stats.temp_size_in_bytes
             - stats.alias_size_in_bytes
         )
-    # The function's multiply-adds, as papers count them: the space-to-depth stem (on by
-    # default on GPU) adds the zero taps of its 7x7 kernel padded to 8x8.
-    plain = model.clone(stem_s2d=False)
+    # The function's multiply-adds, as papers count them, through the model's own policy
+    # (oneDNN calls included); only a space-to-depth stem would add the zero taps of its 7x7
+    # kernel padded to 8x8, so the stem is counted as JAX writes it.
+    plain = model.clone(ops=model.ops.replace(stem_conv="lax"))
     macs = count_macs(lambda v, x: plain.apply(v, x), variables, x)
     return Cost(params, macs, input_shape, memory_bytes)

@@ -203,7 +203,7 @@ register(
     description="Wide ResNet-28-10 (pre-activation basic blocks, width x10)",
 )  # fmt: skip
 
-# --- The blog post's sketch, made correct (see README, "blog_resnet") ------------------------
+# --- The blog post's sketch, made correct (see docs/zoo.md, "blog_resnet") ------------------
 register(
     "blog_resnet", stage_sizes=(2, 2, 2, 2), block="basic", widths=(128, 256, 512, 1024),
     head_hidden=(2048, 1024), params=49_815_592,

@@ -7,16 +7,15 @@ from functools import partial
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
-from resflax.kernels import onednn
 from resflax.models.blocks import get_block
 from resflax.models.heads import Head
 from resflax.models.layers import SHORTCUTS, Array, get_activation, make_conv
 from resflax.models.norms import make_norm, norm_act
 from resflax.models.stages import Stage
 from resflax.models.stems import Stem
+from resflax.ops.policy import PLAIN, Ops
 
 
 class ResNet(nn.Module):
@@ -37,30 +36,10 @@ class ResNet(nn.Module):
     bn_running_var: "biased" (Flax) or "unbiased" (torch: the running variance tracks the
         unbiased batch variance; use it to continue training converted torch weights exactly).
     scan / scan_unroll / remat / remat_policy: see `Stage`.
-    conv_grad: how convolutions are written for the compiler (see `layers.make_conv`): "lax",
-        "dot" (1x1 convolutions as matrix products), "canonical" (dot, plus loop-friendly
-        gradients of kxk convolutions), "onednn" (dot, with kxk float32 convolutions, and
-        in bfloat16 every convolution, in oneDNN: `resflax.kernels`) or "auto": on CPU
-        onednn where the kernels are built and JAX has one device, else canonical for
-        scanned models and dot otherwise; lax on other backends. The same function, to
-        float rounding.
-    stem_s2d: the stem's strided first convolution computed space-to-depth
-        (`layers.conv_space_to_depth`; same parameters and values); None: on GPU only, where
-        it made the ResNet-50 step 4.7% faster (no change on XLA:CPU).
-    bn_grad: "closed" (`norms.batch_norm_train`: BatchNorm's backward pass in closed form, two
-        sums over the batch in one pass; ResNet-50 train step 3.3% faster on an H100, 2-5% on
-        XLA:CPU) or "autodiff" (JAX differentiates Flax's BatchNorm). The same values.
-    bn_sums: how the closed form's per-channel sums are computed: "xla" (reductions) or
-        "pallas" (`resflax.kernels.channel_sums`, one Triton kernel per pass on GPU; one device
-        or per shard under pmap, since XLA cannot split the kernel over a sharded batch). The
-        same sums to float rounding; "pallas" measured 2% slower on an H200, so not the default.
-    bn_fuse_relu: a ReLU after a BatchNorm runs inside the closed form (`norms.norm_act`),
-        whose backward pass masks the gradient from the input it reads anyway instead of
-        reading the ReLU's output again: ResNet-50 bf16 on an H100 6,306 -> 6,382 img/s
-        (three runs each); no change on XLA:CPU. The same values.
-    stored_act: ReLU outputs stored once and differentiated from there (`layers.relu_stored`);
-        None: on CPU and GPU, where it made the train step faster (XLA:CPU 7%, GPU 0.4-1%).
-        The same values.
+    ops: the execution policy (`resflax.ops.Ops`): how each operation is computed, never
+        what. The default, `plain()`, is JAX's own forms, under which every transformation
+        works; `resflax.ops.auto()` is the fastest measured for the machine. Not part of the
+        architecture: variables and checkpoints are the same under any policy.
     """
 
     stage_sizes: Sequence[int]
@@ -92,40 +71,7 @@ class ResNet(nn.Module):
     scan_unroll: int = 1
     remat: bool = False
     remat_policy: str = "nothing"
-    conv_grad: str = "auto"
-    stored_act: bool | None = None
-    stem_s2d: bool | None = None
-    bn_grad: str = "closed"
-    bn_sums: str = "xla"
-    bn_fuse_relu: bool = True
-
-    def resolved_conv_grad(self) -> str:
-        """`conv_grad` with "auto" decided for the default backend."""
-        # XLA:CPU runs 1x1 convolutions' gradients fast only as matrix products, and scanned
-        # stages' kxk gradients only in canonical layouts (see layers); GPU/TPU compilers do
-        # both well from JAX's own form.
-        if self.conv_grad != "auto":
-            return self.conv_grad
-        if jax.default_backend() != "cpu":
-            return "lax"
-        # The kernels see whole arrays: XLA cannot split them over a sharded batch.
-        if jax.device_count() == 1 and onednn.available():
-            return "onednn"
-        return "canonical" if self.scan else "dot"
-
-    def _stored_act(self) -> bool:
-        # XLA:CPU recomputed BatchNorm-ReLU chains in every consumer (see layers); on GPU
-        # the stored output saves a little too. TPUs are unmeasured: left as JAX writes it.
-        if self.stored_act is not None:
-            return self.stored_act
-        return jax.default_backend() in ("cpu", "gpu")
-
-    def _stem_s2d(self) -> bool:
-        # cuDNN runs a 7x7/2 convolution over 3 channels at a twentieth of its matmul rate;
-        # over 12 channels (4x4, stride 1) it fills tensor-core tiles.
-        if self.stem_s2d is not None:
-            return self.stem_s2d
-        return jax.default_backend() == "gpu"
+    ops: Ops = PLAIN
 
     def _check(self) -> tuple[int, ...]:
         n = len(self.stage_sizes)
@@ -158,13 +104,12 @@ class ResNet(nn.Module):
         if x.ndim != 4:
             raise ValueError(f"expected NHWC images, got an input of shape {x.shape}")
         dtype = jnp.dtype(self.dtype)
-        act = get_activation(self.act, self._stored_act())
-        conv = make_conv(dtype, self.resolved_conv_grad())
+        act = get_activation(self.act, self.ops)
+        conv = make_conv(dtype, self.ops)
         norm = make_norm(
             self.norm, train=train, dtype=dtype, axis_name=self.axis_name,
             momentum=self.bn_momentum, epsilon=self.bn_epsilon, groups=self.norm_groups,
-            running_var=self.bn_running_var, grad=self.bn_grad, sums=self.bn_sums,
-            fuse_act=self.bn_fuse_relu,
+            running_var=self.bn_running_var, ops=self.ops,
         )  # fmt: skip
         block = partial(
             get_block(self.block, self.preact), conv=conv, norm=norm, act=act,
@@ -175,7 +120,7 @@ class ResNet(nn.Module):
         features: dict[str, Array] = {}
         x = Stem(
             self.stem, self.stem_width, conv=conv, norm=norm, act=act, preact=self.preact,
-            space_to_depth=self._stem_s2d(), name="stem",
+            ops=self.ops, name="stem",
         )(x.astype(dtype))  # fmt: skip
         features["stem"] = x
         total = sum(self.stage_sizes)

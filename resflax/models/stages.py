@@ -32,10 +32,11 @@ class Stage(nn.Module):
     drop_path_rates: one stochastic-depth rate per block (empty means none).
     scan: run blocks 1..n-1 with `nn.scan` (constant compile time in depth).
     scan_unroll: iterations per loop trip when scanned (1 = a plain loop; `num_blocks - 1`
-        unrolls completely, which is what XLA:CPU runs fastest; see README, "scan").
+        unrolls completely, which is what XLA:CPU runs fastest; see docs/scan.md).
     remat: recompute each block's activations in the backward pass (`nn.remat`). Unscanned
-        on XLA:CPU this saves memory only with `resflax.train.xla_cpu.BARRIER_FLAG` in XLA_FLAGS
-        (the CLI adds it): otherwise XLA:CPU merges the recomputation back into the forward.
+        on XLA:CPU (jaxlib < 0.12) this saves memory only with `resflax.runtime.BARRIER_FLAG`
+        in XLA_FLAGS (`resflax.runtime.setup()` and the CLI add it); without it a warning says
+        so, once per process.
     """
 
     block: ModuleDef
@@ -61,6 +62,9 @@ class Stage(nn.Module):
             )
         block = self.block
         if self.remat:
+            from resflax.runtime.xla_flags import warn_if_remat_ineffective
+
+            warn_if_remat_ineffective()
             # prevent_cse only matters outside loops; inside scan it would block optimisations.
             remat = partial(
                 nn.remat, prevent_cse=not self.scan, policy=REMAT_POLICIES[self.remat_policy]

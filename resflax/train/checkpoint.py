@@ -65,7 +65,8 @@ class Checkpointer:
     """Saves under `<workdir>/checkpoints/<step>/{state,data,meta}`, keeping `max_to_keep`.
 
     `fingerprint` (JSON-able: model name and overrides, say) is written with every step and
-    compared on restore. Saves are asynchronous unless `async_save=False`; orbax writes each
+    compared on restore, less `legacy_keys` (settings older checkpoints recorded there that no
+    longer identify the model). Saves are asynchronous unless `async_save=False`; orbax writes each
     step to a temporary directory and renames it when complete, so an interrupted save never
     becomes the latest step.
     """
@@ -77,12 +78,15 @@ class Checkpointer:
         *,
         max_to_keep: int = 3,
         async_save: bool = True,
+        legacy_keys: tuple[str, ...] = (),
     ) -> None:
         if max_to_keep < 1:
             raise ValueError(f"max_to_keep={max_to_keep} must be at least 1")
         self.workdir = Path(workdir)
         # As JSON will give it back (tuples become lists), so that comparisons are like for like.
         self.fingerprint = json.loads(json.dumps(dict(fingerprint)))
+        # Keys older checkpoints' fingerprints may hold that no longer identify a model.
+        self.legacy_keys = tuple(legacy_keys)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True
         )
@@ -106,7 +110,7 @@ class Checkpointer:
         if step is None:
             return
         saved = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-        theirs = dict(saved["meta"])
+        theirs = {k: v for k, v in dict(saved["meta"]).items() if k not in self.legacy_keys}
         if theirs != self.fingerprint:
             raise ValueError(
                 f"workdir {self.workdir} holds checkpoints of {theirs}, not {self.fingerprint}; "

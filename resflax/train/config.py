@@ -9,14 +9,20 @@ from typing import Any
 from resflax.data.sources import SOURCES, TFDS_SOURCES
 from resflax.models.registry import get_entry
 from resflax.models.resnet import ResNet
-from resflax.train.host_memory import GrowthGuard, check_mode
+from resflax.ops import Ops, auto, plain
+from resflax.runtime.host_memory import GrowthGuard, check_mode
+from resflax.runtime.xla_flags import parse_flags
 from resflax.train.optim import OPTIMIZERS, SCHEDULES
 from resflax.train.parallel import PARALLEL
-from resflax.train.xla_cpu import parse_flags
 
 DTYPES = ("float32", "bfloat16")
 PRNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
 UNITS = ("epochs", "steps")
+OPS_NAMES = ("auto", "plain")
+# Settings that were model fields before the execution policy left the model; a checkpoint
+# written then may carry them in its fingerprint, where they never changed the function.
+LEGACY_EXECUTION_FIELDS = ("conv_grad", "stored_act", "stem_s2d", "bn_grad", "bn_sums",
+                           "bn_fuse_relu")  # fmt: skip
 
 
 def _positive(name: str, value: Any, *, allow_none: bool = False) -> None:
@@ -28,7 +34,7 @@ def _positive(name: str, value: Any, *, allow_none: bool = False) -> None:
 
 def model_overrides(config: Any) -> dict[str, Any]:
     """The config's model fields that are set (None means: the registry's value)."""
-    fields = {f.name for f in dataclasses.fields(ResNet)} - {"parent", "name"}
+    fields = {f.name for f in dataclasses.fields(ResNet)} - {"parent", "name", "ops"}
     set_ = {k: v for k, v in config.model.items() if k != "name" and v is not None}
     unknown = sorted(set(set_) - fields)
     if unknown:
@@ -38,10 +44,30 @@ def model_overrides(config: Any) -> dict[str, Any]:
     return set_
 
 
+def _ops_overrides(config: Any) -> dict[str, Any]:
+    return {k: v for k, v in config.ops.items() if k != "name" and v is not None}
+
+
+def resolve_ops(config: Any, devices: int) -> Ops:
+    """The execution policy the run uses: `config.ops.name` resolved for this machine (auto)
+    or plain, with the fields set in `config.ops` on top. `devices`: those one step runs on."""
+    if config.ops.name not in OPS_NAMES:
+        raise ValueError(f"ops.name={config.ops.name!r} is not one of {OPS_NAMES}")
+    if config.ops.name == "plain":
+        base = plain()
+    else:
+        scan = model_overrides(config).get("scan", get_entry(config.model.name).config.get("scan"))
+        base = auto(scan=bool(scan), dtype=config.dtype, devices=devices)
+    return base.replace(**_ops_overrides(config))
+
+
 def validate(config: Any) -> None:
     """Everything that can be checked before touching data or devices."""
     get_entry(config.model.name)
     model_overrides(config)
+    if config.ops.name not in OPS_NAMES:
+        raise ValueError(f"ops.name={config.ops.name!r} is not one of {OPS_NAMES}")
+    plain().replace(**_ops_overrides(config))  # each field's value, named if it is wrong
     if config.dtype not in DTYPES:
         raise ValueError(f"dtype={config.dtype!r} is not one of {DTYPES}")
     parse_flags(config.get("xla_cpu_flags") or "")

@@ -1,4 +1,6 @@
-"""`train_and_evaluate(config, workdir)`: the training loop around the wrapped pure step.
+"""`train_and_evaluate(config, workdir)`: the training loop around the wrapped pure step, in
+three parts: `setup` (data, model, optimizer, state, resume), `Session.run` (the steps, logs,
+evaluations and checkpoints) and `summarise`.
 
 Per step: next host batch -> shard -> step. Metric sums stay on the device until a log,
 evaluation or checkpoint step, where they are fetched together (one host sync per window).
@@ -26,16 +28,10 @@ import numpy as np
 from absl import logging
 
 from resflax.data.prefetch import Prefetch
-from resflax.data.sources import make_source
-from resflax.models.registry import create_model
-from resflax.train import config as config_lib
-from resflax.train import host_memory, pretrained
+from resflax.runtime import host_memory
 from resflax.train import step as step_lib
-from resflax.train.checkpoint import Checkpointer
 from resflax.train.losses import averages
-from resflax.train.optim import make_optimizer, make_schedule, scaled_learning_rate
-from resflax.train.parallel import AXIS, make_parallel
-from resflax.train.state import make_init
+from resflax.train.setup import Run, setup
 from resflax.train.writers import MetricWriter, Progress
 
 
@@ -93,10 +89,6 @@ def param_digest(params: Any) -> str:
     return digest.hexdigest()[:16]
 
 
-def _count_params(params: Any) -> int:
-    return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(params)))
-
-
 def evaluate(
     eval_fn: Any, state: Any, batches: Iterator[dict[str, np.ndarray]], shard: Any
 ) -> dict[str, float]:
@@ -108,223 +100,186 @@ def evaluate(
     return {**averages(totals), "num_examples": int(totals.get("count", 0))}
 
 
+def execution(run: Run) -> dict[str, Any]:
+    """How this session computes (recorded beside the checkpoints and in the summary; none of
+    it is the model's identity: another session may differ)."""
+    return {
+        "ops": run.ops.as_dict(),
+        "backend": jax.default_backend(),
+        "devices": run.parallel.num_devices,
+        "parallel": run.config.parallel,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "host_malloc": host_memory.in_effect(),
+    }
+
+
+class Session:
+    """The steps of one session: step, fetch metrics by window, log, evaluate, save."""
+
+    def __init__(self, run: Run) -> None:
+        config = run.config
+        self.run = run
+        self.writer = MetricWriter(run.workdir, enabled=run.lead, resume_step=run.start)
+        self.progress = Progress(run.steps.total, config.batch_size, enabled=run.lead)
+        self.batches = Prefetch(run.data.train, run.parallel.shard_batch, config.data.prefetch)
+        self.train_fn = run.parallel.train_step(
+            functools.partial(step_lib.train_step, label_smoothing=config.label_smoothing)
+        )
+        self.eval_fn = run.parallel.eval_step(step_lib.eval_step)
+        self.heap_guard = host_memory.GrowthGuard(config.get("host_malloc_max_growth", 2.0))
+        self.started = time.perf_counter()
+        self.compile_seconds: float | None = None
+        self.rates: list[float] = []
+        self.last_eval: dict[str, float] | None = None
+        self.window: dict[str, float] = dict(run.loop["window"])
+        self.pending: list[tuple[int, Any]] = []
+        self.step = run.start
+        self.preempted = False
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def _every(self, n: int) -> bool:
+        return self.step == self.run.steps.total or (n > 0 and self.step % n == 0)
+
+    def run_steps(self) -> None:
+        """Steps until the end, `stop_at_step` (the schedule still spans steps.total) or a
+        SIGTERM, which saves the step it finishes and returns normally."""
+        run, config = self.run, self.run.config
+        end = min(run.steps.total, config.stop_at_step or run.steps.total)
+        try:
+            with _Preemption(run.checkpointer.manager) as preemption:
+                while self.step < end:
+                    self._one_step()
+                    self.preempted = preemption.reached(self.step)
+                    log = self._every(config.log_every_steps)
+                    do_eval = self._every(config.eval_every_steps)
+                    do_save = (self._every(config.checkpoint_every_steps) or self.preempted
+                               or self.step == end)  # fmt: skip
+                    if not (log or do_eval or do_save):
+                        continue
+                    self._fetch()
+                    if log:
+                        self._log()
+                    if do_eval:
+                        self._evaluate()
+                    if do_save:
+                        self._save()
+                    if self.preempted:
+                        logging.info("SIGTERM: saved step %d; exiting to resume later", self.step)
+                        break
+                run.checkpointer.wait()  # still under the handler: a SIGTERM cannot cut the save
+        finally:
+            run.checkpointer.wait()
+            run.checkpointer.close()
+            self.writer.close()
+
+    def _one_step(self) -> None:
+        self.run.state, sums = self.train_fn(self.run.state, next(self.batches))
+        self.step += 1
+        self.pending.append((self.step, sums))
+        if self.compile_seconds is None:
+            jax.block_until_ready(sums)
+            self.compile_seconds = self.elapsed()
+            self.progress.start(self.step)
+
+    def _fetch(self) -> None:
+        """The window's metric sums, fetched together (one host sync), checked for NaN/Inf."""
+        for at, fetched in jax.device_get(self.pending):
+            if not np.isfinite(fetched["loss_sum"]):
+                raise NonFiniteLossError(
+                    f"training loss is {fetched['loss_sum']} at step {at} (learning rate "
+                    f"{float(self.run.schedule(at - 1)):.4g}); stopped, latest good checkpoint: "
+                    f"step {self.run.checkpointer.latest_step()}"
+                )
+            self.window = _add(self.window, fetched)
+        self.pending = []
+
+    def _log(self) -> None:
+        self.heap_guard.check()
+        scalars = {**averages(self.window),
+                   "learning_rate": float(self.run.schedule(self.step - 1))}  # fmt: skip
+        speed = self.progress.report(self.step, scalars)
+        if speed:
+            self.rates.append(speed["images_per_sec"])
+        self.writer.write(self.step, "train", {**scalars, **speed})
+        self.window = {}
+
+    def evaluate(self) -> dict[str, float]:
+        run = self.run
+        return evaluate(self.eval_fn, run.state, run.data.make_eval(), run.parallel.shard_batch)
+
+    def _evaluate(self) -> None:
+        self.last_eval = self.evaluate()
+        self.writer.write(self.step, "eval", self.last_eval)
+        logging.info("eval at step %d: %s", self.step, self.last_eval)
+        best = self.run.loop["best"]
+        if best is None or self.last_eval["top1"] > best["top1"]:
+            self.run.loop["best"] = {"step": self.step, **self.last_eval}
+        self.progress.start(self.step)
+
+    def _save(self) -> None:
+        """Checks the state for NaN/Inf, so a diverged state never becomes the latest
+        checkpoint, then saves it with the data position and the loop's totals."""
+        run = self.run
+        single = run.parallel.unreplicate(run.state)
+        if not bool(_all_finite((single.params, single.batch_stats, single.opt_state))):
+            raise NonFiniteLossError(
+                f"the training state became non-finite by step {self.step}; not saved (latest "
+                f"good checkpoint: step {run.checkpointer.latest_step()})"
+            )
+        seconds = run.loop["train_seconds"] + self.elapsed()
+        position = {
+            "setup": run.identity,
+            "data": self.batches.position(),
+            "loop": {**run.loop, "window": self.window, "train_seconds": seconds},
+            "execution": execution(run),
+        }
+        run.checkpointer.save(single, position)
+
+
+def summarise(run: Run, session: Session) -> dict[str, Any]:
+    """The run's summary (written to `<workdir>/summary.json` by process 0)."""
+    config, data = run.config, run.data
+    step = session.step
+    status = ("finished" if step == run.steps.total
+              else "preempted" if session.preempted else "stopped")  # fmt: skip
+    last_eval = session.last_eval
+    if last_eval is None and status == "finished":
+        # Resumed a run that had already finished: evaluate so the summary is complete.
+        last_eval = session.evaluate()
+    summary = {
+        "status": status, "model": config.model.name, "num_params": run.num_params,
+        "data": data.name, "image_shape": list(data.image_shape),
+        "num_classes": data.num_classes, "step": step, "total_steps": run.steps.total,
+        "epochs": step / data.steps_per_epoch, "batch_size": config.batch_size,
+        "devices": run.parallel.num_devices, "parallel": config.parallel, "dtype": config.dtype,
+        "execution": execution(run),
+        "final_eval": last_eval, "best_eval": run.loop["best"],
+        "train_seconds": run.loop["train_seconds"] + session.elapsed(),
+        "compile_seconds": session.compile_seconds,
+        "images_per_sec": float(np.median(session.rates)) if session.rates else None,
+        "param_digest": param_digest(run.parallel.unreplicate(run.state).params),
+    }  # fmt: skip
+    logging.info("process %d: parameter digest %s", jax.process_index(), summary["param_digest"])
+    if run.lead:
+        (run.workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
 def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
     """Trains `config` in `workdir`, resuming from its latest checkpoint. Returns the summary
     (also written to `<workdir>/summary.json` by process 0)."""
-    config_lib.validate(config)
-    workdir = Path(workdir)
-    parallel = make_parallel(config.parallel, config.num_devices)
-    eval_batch_size = config.eval_batch_size or config.batch_size
-    for size in (config.batch_size, eval_batch_size):
-        parallel.check_batch(size)
-    lead = jax.process_index() == 0
-
-    data = make_source(
-        config.data, batch_size=config.batch_size, eval_batch_size=eval_batch_size,
-        seed=config.seed, process_index=jax.process_index(), process_count=jax.process_count(),
-    )  # fmt: skip
-    overrides = config_lib.model_overrides(config)
-    model = create_model(
-        config.model.name, num_classes=data.num_classes, dtype=config.dtype,
-        axis_name=AXIS if config.parallel == "pmap" else None, **overrides,
-    )  # fmt: skip
-    fingerprint = {
-        "model": config.model.name, "num_classes": data.num_classes, **overrides,
-        "prng_impl": config.prng_impl,
-    }  # fmt: skip
-    # Refuse a workdir holding another model before anything in it is touched.
-    checkpointer = Checkpointer(
-        workdir, fingerprint, max_to_keep=config.max_to_keep,
-        async_save=config.async_checkpointing,
-    )  # fmt: skip
-    checkpointer.check_fingerprint()
-
-    steps = config_lib.to_steps(config, data.steps_per_epoch)
-    opt = config.optimizer
-    learning_rate = scaled_learning_rate(opt.learning_rate, config.batch_size, opt.reference_batch)
-    schedule = make_schedule(
-        config.schedule.name, learning_rate=learning_rate, total_steps=steps.total,
-        warmup_steps=steps.warmup, boundaries=steps.boundaries,
-        decay_factor=config.schedule.decay_factor,
-        end_learning_rate=config.schedule.end_learning_rate,
-    )  # fmt: skip
-    tx = make_optimizer(
-        opt.name, schedule, momentum=opt.momentum, nesterov=opt.nesterov,
-        weight_decay=opt.weight_decay, decay_norm_and_bias=opt.decay_norm_and_bias,
-        grad_clip_norm=opt.grad_clip_norm, b1=opt.b1, b2=opt.b2,
-        trust_coefficient=opt.trust_coefficient,
-    )  # fmt: skip
-    init = make_init(model, parallel.wrap_tx(tx), (1, *data.image_shape))
-    state = parallel.create_state(init, jax.random.key(config.seed, impl=config.prng_impl))
-
-    loop: dict[str, Any] = {"window": {}, "train_seconds": 0.0, "best": None}
-    # A data position means something only for the same data, batch, seed and processes.
-    setup = {
-        "data": data.name, "batch_size": config.batch_size, "seed": config.seed,
-        "steps_per_epoch": data.steps_per_epoch,
-        "processes": jax.process_count() if data.per_process_shards else "any",
-    }  # fmt: skip
-    restored = checkpointer.restore(parallel.unreplicate(state))
-    if restored is not None:
-        single, saved = restored
-        if saved.get("setup", setup) != setup:
-            raise ValueError(
-                f"workdir {workdir} was trained with {saved['setup']}, not {setup}: its data "
-                "position would point at other examples; use another --workdir"
-            )
-        state = parallel.replicate(single)
-        data.train.restore(saved["data"])
-        loop.update(saved["loop"])
-    elif config.init_from:
-        variables, meta = pretrained.load(config.init_from)
-        state = parallel.replicate(
-            pretrained.merge(parallel.unreplicate(state), variables, config.model.name, meta)
-        )
-        logging.info("initialised from %s (%s)", config.init_from, meta["source"])
-    start = int(jax.device_get(parallel.unreplicate(state).step))
-    if start > steps.total:
-        raise ValueError(
-            f"workdir {workdir} is at step {start}, beyond num_steps={steps.total}; raise the "
-            "number of steps or use another --workdir"
-        )
-    if lead:
-        workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
-    writer = MetricWriter(workdir, enabled=lead, resume_step=start)
-    progress = Progress(steps.total, config.batch_size, enabled=lead)
-    num_params = _count_params(parallel.unreplicate(state).params)
+    run = setup(config, workdir)
+    if run.lead:
+        run.workdir.mkdir(parents=True, exist_ok=True)
+        (run.workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
     logging.info(
-        "%s: %s params, %d devices (%s), %d steps of batch %d (%d per epoch)%s",
-        config.model.name, f"{num_params:,}", parallel.num_devices, config.parallel,
-        steps.total, config.batch_size, data.steps_per_epoch,
-        f", resuming at step {start}" if start else "",
+        "%s: %s params, %d devices (%s), %d steps of batch %d (%d per epoch)%s; ops: %s",
+        config.model.name, f"{run.num_params:,}", run.parallel.num_devices, config.parallel,
+        run.steps.total, config.batch_size, run.data.steps_per_epoch,
+        f", resuming at step {run.start}" if run.start else "", run.ops.describe(),
     )  # fmt: skip
-
-    train_batches = Prefetch(data.train, parallel.shard_batch, config.data.prefetch)
-    train_fn = parallel.train_step(
-        functools.partial(step_lib.train_step, label_smoothing=config.label_smoothing)
-    )
-    eval_fn = parallel.eval_step(step_lib.eval_step)
-
-    # stop_at_step ends this session early with a checkpoint (a job split across time limits,
-    # or a test); the schedule still spans steps.total.
-    end = min(steps.total, config.stop_at_step or steps.total)
-
-    def every(n: int, step: int) -> bool:
-        return step == steps.total or (n > 0 and step % n == 0)
-
-    def save(state: Any, step: int, window: dict[str, float]) -> None:
-        single = parallel.unreplicate(state)
-        if not bool(_all_finite((single.params, single.batch_stats, single.opt_state))):
-            raise NonFiniteLossError(
-                f"the training state became non-finite by step {step}; not saved (latest good "
-                f"checkpoint: step {checkpointer.latest_step()})"
-            )
-        position = {
-            "setup": setup,
-            "data": train_batches.position(),
-            "loop": {**loop, "window": window, "train_seconds": loop["train_seconds"] + elapsed()},
-        }
-        checkpointer.save(parallel.unreplicate(state), position)
-
-    session_start = time.perf_counter()
-
-    def elapsed() -> float:
-        return time.perf_counter() - session_start
-
-    compile_seconds = None
-    heap_guard = host_memory.GrowthGuard(config.get("host_malloc_max_growth", 2.0))
-    rates: list[float] = []
-    last_eval: dict[str, float] | None = None
-    pending: list[tuple[int, Any]] = []
-    window: dict[str, float] = dict(loop["window"])
-    step = start
-    preempted = False
-    try:
-        with _Preemption(checkpointer.manager) as preemption:
-            while step < end:
-                batch = next(train_batches)
-                state, sums = train_fn(state, batch)
-                step += 1
-                pending.append((step, sums))
-                if compile_seconds is None:
-                    jax.block_until_ready(sums)
-                    compile_seconds = elapsed()
-                    progress.start(step)
-                preempted = preemption.reached(step)
-                log, do_eval = (
-                    every(config.log_every_steps, step),
-                    every(config.eval_every_steps, step),
-                )
-                do_save = every(config.checkpoint_every_steps, step) or preempted or step == end
-                if not (log or do_eval or do_save):
-                    continue
-                for at, fetched in jax.device_get(pending):
-                    if not np.isfinite(fetched["loss_sum"]):
-                        raise NonFiniteLossError(
-                            f"training loss is {fetched['loss_sum']} at step {at} (learning rate "
-                            f"{float(schedule(at - 1)):.4g}); stopped, latest good checkpoint: "
-                            f"step {checkpointer.latest_step()}"
-                        )
-                    window = _add(window, fetched)
-                pending = []
-                if log:
-                    heap_guard.check()
-                    scalars = {**averages(window), "learning_rate": float(schedule(step - 1))}
-                    speed = progress.report(step, scalars)
-                    if speed:
-                        rates.append(speed["images_per_sec"])
-                    writer.write(step, "train", {**scalars, **speed})
-                    window = {}
-                if do_eval:
-                    last_eval = evaluate(eval_fn, state, data.make_eval(), parallel.shard_batch)
-                    writer.write(step, "eval", last_eval)
-                    logging.info("eval at step %d: %s", step, last_eval)
-                    best = loop["best"]
-                    if best is None or last_eval["top1"] > best["top1"]:
-                        loop["best"] = {"step": step, **last_eval}
-                    progress.start(step)
-                if do_save:
-                    save(state, step, window)
-                if preempted:
-                    logging.info("SIGTERM: saved step %d; exiting to resume later", step)
-                    break
-            checkpointer.wait()  # still under the handler: a SIGTERM now cannot cut the save
-    finally:
-        checkpointer.wait()
-        checkpointer.close()
-        writer.close()
-
-    status = "finished" if step == steps.total else "preempted" if preempted else "stopped"
-    if last_eval is None and status == "finished":
-        # Resumed a run that had already finished: evaluate so the summary is complete.
-        last_eval = evaluate(eval_fn, state, data.make_eval(), parallel.shard_batch)
-    summary = {
-        "status": status,
-        "model": config.model.name,
-        "num_params": num_params,
-        "data": data.name,
-        "image_shape": list(data.image_shape),
-        "num_classes": data.num_classes,
-        "step": step,
-        "total_steps": steps.total,
-        "epochs": step / data.steps_per_epoch,
-        "batch_size": config.batch_size,
-        "devices": parallel.num_devices,
-        "parallel": config.parallel,
-        "dtype": config.dtype,
-        "backend": jax.default_backend(),
-        "conv_grad": model.resolved_conv_grad(),
-        "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "host_malloc": host_memory.in_effect(),
-        "final_eval": last_eval,
-        "best_eval": loop["best"],
-        "train_seconds": loop["train_seconds"] + elapsed(),
-        "compile_seconds": compile_seconds,
-        "images_per_sec": float(np.median(rates)) if rates else None,
-        "param_digest": param_digest(parallel.unreplicate(state).params),
-    }
-    logging.info("process %d: parameter digest %s", jax.process_index(), summary["param_digest"])
-    if lead:
-        (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
+    session = Session(run)
+    session.run_steps()
+    return summarise(run, session)

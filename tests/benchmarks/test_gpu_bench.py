@@ -1,5 +1,6 @@
 """The GPU benchmark's pure parts, checked here since the GPU itself is lent only now and then:
-variant parsing, the table's arithmetic, the profile's kernel kinds, and the MAC constant."""
+variant parsing (execution policies, batch, model fields), the table's arithmetic, the profile's
+kernel kinds, and the MAC constant."""
 
 import json
 import os
@@ -9,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from experiments.benchmarks import gpu_bench
-from experiments.benchmarks.gpu_profile import kernel_kind
+from experiments.benchmarks.gpu import gpu_bench
+from experiments.benchmarks.gpu.gpu_profile import kernel_kind
 from resflax.models import cost
+from resflax.ops import Ops
 
 
 def test_resnet50_macs_constant_is_the_zoo_count():
@@ -19,13 +21,32 @@ def test_resnet50_macs_constant_is_the_zoo_count():
 
 
 def test_parse_variant():
-    assert gpu_bench.parse_variant("default") == {}
-    assert gpu_bench.parse_variant("stem_s2d=false,batch=512,conv_grad=dot") == {
-        "stem_s2d": False, "batch": 512, "conv_grad": "dot",
+    assert gpu_bench.parse_variant("default") == {"ops": "auto", "batch": None, "model": {}}
+    assert gpu_bench.parse_variant("stem_conv=lax,batch=512,conv=dot,fuse_relu=false") == {
+        "ops": "stem_conv=lax,conv=dot,fuse_relu=false", "batch": 512, "model": {},
     }  # fmt: skip
-    assert gpu_bench.parse_variant("remat=TRUE") == {"remat": True}
-    with pytest.raises(ValueError, match="'stem_s2d' is not key=value"):
-        gpu_bench.parse_variant("stem_s2d")
+    assert gpu_bench.parse_variant("plain,norm=closed_pallas,remat=TRUE,scan_unroll=2") == {
+        "ops": "plain,norm=closed_pallas", "batch": None,
+        "model": {"remat": True, "scan_unroll": 2},
+    }  # fmt: skip
+    assert gpu_bench.parse_variant("remat=true")["ops"] == "auto"
+    with pytest.raises(ValueError, match="'stem_conv' is not key=value"):
+        gpu_bench.parse_variant("stem_conv")
+    with pytest.raises(ValueError, match="stem_s2d is now the ops field 'stem_conv'"):
+        gpu_bench.parse_variant("stem_s2d=false")
+    with pytest.raises(ValueError, match=r"ops\.norm='pallas' is not one of"):
+        gpu_bench.parse_variant("norm=pallas")
+
+
+def test_gpu_sh_default_variants_parse():
+    """gpu.sh's and gpu_bn_sums.sh's default variants are valid: found here, not on the GPU."""
+    root = Path(__file__).parents[2] / "experiments/benchmarks/gpu"
+    gpu = (root / "gpu.sh").read_text().split("variants=(", 2)[2].split(")", 1)[0].split()
+    bn = (root / "gpu_bn_sums.sh").read_text().split('"${2:-30}"', 1)[1].split("\n", 1)[0]
+    specs = gpu + bn.split()
+    assert "norm=closed_pallas" in specs and "default" in specs, specs
+    for spec in specs:
+        gpu_bench.parse_variant(spec)
 
 
 def test_table_mfu_ratio_and_failures(tmp_path):
@@ -33,10 +54,11 @@ def test_table_mfu_ratio_and_failures(tmp_path):
         return {"impl": impl, "batch": 256, "step_s": 256 / img_s, "img_s": img_s,
                 "compile_s": 10.0, "device": "NVIDIA H200", **kw}  # fmt: skip
 
+    ops = Ops(norm="closed", fuse_relu=True).as_dict()
     rows = [
-        row("resflax", 7500.0, matmul_flops=800e12, jax="0.11.2"),
+        row("resflax", 7500.0, matmul_flops=800e12, jax="0.11.2", execution={"ops": ops}),
         row("torch.compile", 6250.0, matmul_flops=790e12, torch="2.11.0"),
-        {"impl": "resflax (conv_grad=dot)", "error": "aborted"},
+        {"impl": "resflax (conv=dot)", "error": "aborted"},
     ]
     path = tmp_path / "rows.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows))
@@ -46,8 +68,9 @@ def test_table_mfu_ratio_and_failures(tmp_path):
     assert f"| resflax | 256 | 7500 | 34.1 | 10.0 | {100 * mfu:.1f}% |" in text
     assert "resflax / torch.compile at batch 256: 1.20x" in text
     assert "vs the 7,500 img/s target (set for an H100): 1.00x" in text
-    assert "| resflax (conv_grad=dot) | failed: aborted |" in text
+    assert "| resflax (conv=dot) | failed: aborted |" in text
     assert "800 TFLOP/s (jax), 790 TFLOP/s (torch)" in text
+    assert "as resolved on this device): resflax: norm=closed, fuse_relu=True." in text
 
 
 @pytest.mark.parametrize(
@@ -66,24 +89,26 @@ def test_kernel_kinds(name, kind):
 
 
 def test_bn_sums_shape_table_is_resnet50s(monkeypatch):
-    """bn_sums.py weights each shape by its count: every BatchNorm of ResNet-50's train step."""
+    """bn_sums.py weights each shape by its count: every BatchNorm of ResNet-50's train step
+    under a closed-form policy (whose sums it times)."""
     from collections import Counter
 
     import jax
     import jax.numpy as jnp
 
-    from experiments.benchmarks.bn_sums import RESNET50_SHAPES
-    from resflax.models import create_model, norms
+    from experiments.benchmarks.micro.bn_sums import RESNET50_SHAPES
+    from resflax.models import create_model
+    from resflax.ops import Ops, batchnorm
 
     seen = Counter()
-    forward = norms._bn_forward
+    forward = batchnorm._bn_forward
 
     def spy(x, *args):
         seen[(x.shape[1], x.shape[-1])] += 1
         return forward(x, *args)
 
-    monkeypatch.setattr(norms, "_bn_forward", spy)
-    model = create_model("resnet50")
+    monkeypatch.setattr(batchnorm, "_bn_forward", spy)
+    model = create_model("resnet50", ops=Ops(norm="closed"))
     x = jnp.ones((1, 224, 224, 3))
     v = jax.eval_shape(model.init, jax.random.key(0), x)
     jax.eval_shape(lambda v: model.apply(v, x, train=True, mutable=["batch_stats"]), v)
@@ -94,7 +119,7 @@ def test_bn_sums_shape_table_is_resnet50s(monkeypatch):
 def test_gpu_flags_candidates_are_flags_this_jaxlib_knows():
     """An unknown flag in XLA_FLAGS aborts the process: found here, not in the minutes of a
     lent GPU. The GPU flags are parsed by the CPU jaxlib too."""
-    script = (Path(__file__).parents[2] / "experiments/benchmarks/gpu_flags.sh").read_text()
+    script = (Path(__file__).parents[2] / "experiments/benchmarks/gpu/gpu_flags.sh").read_text()
     block = script.split("candidates=(", 1)[1].split(")", 1)[0]
     flags = sorted({f for line in block.split('"')[1::2] for f in line.split()})
     assert len(flags) >= 2 and all(f.startswith("--xla_gpu_") for f in flags), flags

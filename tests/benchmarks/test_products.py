@@ -1,7 +1,7 @@
 """The products benchmark's shapes: every matrix product of ResNet-50's forward pass, read
 from the model's jaxpr, with its count (the 1x1 convolutions and the classifier)."""
 
-from experiments.benchmarks.products import product_shapes
+from experiments.benchmarks.micro.products import product_shapes
 from resflax.models import cost
 
 
@@ -29,7 +29,7 @@ def test_cores_out_of_range_is_refused_with_the_valid_range():
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2]
-    script = root / "experiments" / "benchmarks" / "products.py"
+    script = root / "experiments" / "benchmarks" / "micro" / "products.py"
     run = subprocess.run(
         [sys.executable, str(script), "--cores", "0"], capture_output=True, text=True,
         cwd=root, env={**os.environ, "PYTHONPATH": str(root)},

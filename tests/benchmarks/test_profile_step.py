@@ -1,6 +1,6 @@
 """The CPU profile's arithmetic: how much of a step the recorded ops cover."""
 
-from experiments.benchmarks.profile_step import coverage
+from experiments.benchmarks.cpu.profile_step import coverage
 
 
 def test_coverage_merges_overlapping_spans_and_counts_gaps():

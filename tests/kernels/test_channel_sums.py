@@ -1,6 +1,6 @@
 """The Pallas BatchNorm sums (`resflax.kernels.channel_sums`): the tiling plan, the kernel's
 values through Pallas' interpreter, its Triton lowering for the GPU (checked here without
-one), and BatchNorm / ResNet with `sums="pallas"` against XLA's reductions."""
+one), and a ResNet under `Ops(norm="closed_pallas")` against XLA's reductions."""
 
 import jax
 import jax.numpy as jnp
@@ -9,6 +9,7 @@ import pytest
 
 from resflax.kernels import channel_sums as cs
 from resflax.models import ResNet
+from resflax.ops import Ops, auto
 
 
 def _reference(a, b):
@@ -82,6 +83,7 @@ def test_triton_lowering_for_the_gpu():
 
 
 def test_resnet_with_pallas_sums_matches_xla(tiny_kwargs, train_grads):
-    results = [train_grads(ResNet(**tiny_kwargs, bn_sums=sums)) for sums in ("pallas", "xla")]
+    norms = ("closed_pallas", "closed")
+    results = [train_grads(ResNet(**tiny_kwargs, ops=Ops(norm=n))) for n in norms]
     jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6), *results)
-    assert ResNet(**tiny_kwargs).bn_sums == "xla"
+    assert auto().norm == "closed"

@@ -9,8 +9,10 @@ import pytest
 from jax import lax
 
 from resflax.kernels import build, onednn
-from resflax.models import ResNet, create_model, layers
+from resflax.models import ResNet, create_model, make_conv
 from resflax.models.cost import cost, count_macs
+from resflax.ops import Ops, auto, machine
+from resflax.ops.conv import conv_onednn
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 LINUX_X86 = (platform.system(), platform.machine()) == ("Linux", "x86_64")
@@ -18,7 +20,7 @@ needs_kernels = pytest.mark.skipif(
     not LINUX_X86, reason="oneDNN's library is published for Linux x86-64 only"
 )
 needs_bf16 = pytest.mark.skipif(
-    not (LINUX_X86 and onednn.native_bf16()), reason="this CPU has no bf16 instructions"
+    not (LINUX_X86 and machine.native_bf16()), reason="this CPU has no bf16 instructions"
 )
 
 
@@ -107,7 +109,7 @@ def test_vmap_and_the_compiled_call():
 @needs_kernels
 def test_layers_route_kxk_float32_and_every_bfloat16_convolution(monkeypatch):
     def conv(x, w, strides, padding):
-        return layers.conv_onednn(x, w, strides, padding, dimension_numbers=NHWC)
+        return conv_onednn(x, w, strides, padding, dimension_numbers=NHWC)
 
     x = jnp.ones((2, 8, 8, 4))
     w3, w1 = jnp.ones((3, 3, 4, 4)), jnp.ones((1, 1, 4, 4))
@@ -120,13 +122,16 @@ def test_layers_route_kxk_float32_and_every_bfloat16_convolution(monkeypatch):
     # to oneDNN too (XLA:CPU's bf16 products are not); mixed dtypes and groups go to XLA.
     assert not targets(lambda x, w: conv(x, w, (1, 1), "VALID"), x, w1)
     bf16 = lambda a: a.astype(jnp.bfloat16)  # noqa: E731
-    monkeypatch.setattr(onednn, "native_bf16", lambda: True)
+    monkeypatch.setattr(machine, "native_bf16", lambda: True)
     assert targets(lambda x, w: conv(x, w, (1, 1), ((1, 1), (1, 1))), bf16(x), bf16(w3))
     assert targets(lambda x, w: conv(x, w, (2, 2), "VALID"), bf16(x), bf16(w1))
     assert not targets(lambda x, w: conv(x, w, (1, 1), "VALID"), bf16(x), w1)
-    # Without bf16 instructions oneDNN would emulate them, slower than XLA: bf16 stays there.
-    monkeypatch.setattr(onednn, "native_bf16", lambda: False)
-    assert not targets(lambda x, w: conv(x, w, (1, 1), ((1, 1), (1, 1))), bf16(x), bf16(w3))
+    # Without bf16 instructions oneDNN would emulate them, slower than XLA: asked for anyway,
+    # it is an error naming the alternatives (auto() picks "dot" there).
+    monkeypatch.setattr(machine, "native_bf16", lambda: False)
+    with pytest.raises(ValueError, match=r"needs a CPU with bf16 instructions.*conv=.dot."):
+        conv(bf16(x), bf16(w3), (1, 1), ((1, 1), (1, 1)))
+    assert auto(dtype="bfloat16", devices=1, backend="cpu").conv == "dot"
     got = conv(x, w3, (2, 2), "SAME")
     want = lax.conv_general_dilated(x, w3, (2, 2), "SAME", dimension_numbers=NHWC)
     np.testing.assert_allclose(got, want, rtol=1e-6)
@@ -139,7 +144,7 @@ def test_resnet_with_onednn_matches_canonical(tiny_kwargs, scan):
     # strided first block outside them).
     kwargs = dict(tiny_kwargs, stem="imagenet", scan=scan)
     x = jax.random.normal(jax.random.key(3), (2, 32, 32, 3))
-    models = {g: ResNet(**kwargs, conv_grad=g) for g in ("canonical", "onednn")}
+    models = {g: ResNet(**kwargs, ops=Ops(conv=g)) for g in ("canonical", "onednn")}
     variables = models["onednn"].init(jax.random.key(0), x)
 
     def loss(model):
@@ -160,12 +165,12 @@ def test_resnet_with_onednn_matches_canonical(tiny_kwargs, scan):
 @needs_bf16
 def test_bfloat16_resnet_runs_every_convolution_in_onednn(tiny_kwargs):
     """In bf16 the 1x1 convolutions go to oneDNN too. Against the float32 step, its loss and
-    gradients are as close as XLA's bf16 step's (conv_grad="dot"): measured, relative L2 error
+    gradients are as close as XLA's bf16 step's (conv "dot"): measured, relative L2 error
     of all gradients 0.067 (oneDNN) and 0.077 (XLA)."""
     kwargs = dict(tiny_kwargs, stem="imagenet", block="bottleneck", dtype=jnp.bfloat16)
     x = jax.random.normal(jax.random.key(3), (2, 32, 32, 3))
-    models = {g: ResNet(**kwargs, conv_grad=g) for g in ("dot", "onednn")}
-    models["f32"] = ResNet(**{**kwargs, "dtype": jnp.float32}, conv_grad="dot")
+    models = {g: ResNet(**kwargs, ops=Ops(conv=g)) for g in ("dot", "onednn")}
+    models["f32"] = ResNet(**{**kwargs, "dtype": jnp.float32}, ops=Ops(conv="dot"))
     variables = models["onednn"].init(jax.random.key(0), x)
 
     def grads(model):
@@ -182,7 +187,7 @@ def test_bfloat16_resnet_runs_every_convolution_in_onednn(tiny_kwargs):
                 if p[1].ndim == 4)  # fmt: skip
     assert text.count(onednn.TARGET) >= 3 * convs - 1  # forward, both gradients (not the stem's dx)
     # No convolution left to XLA, and products only for the classifier (its forward pass and
-    # gradients); conv_grad="dot" leaves 17 convolutions and 32 products here.
+    # gradients); conv "dot" leaves 17 convolutions and 32 products here.
     assert text.count("stablehlo.convolution") == 0 and text.count("dot_general") <= 3
     (l_xla, g_xla), (l_dnn, g_dnn), (l_f32, g_f32) = (
         grads(m)(variables["params"]) for m in models.values()
@@ -205,8 +210,8 @@ def test_cost_counts_the_kernels_macs():
     # Every direction does the forward pass's multiply-adds; the zoo's exact counts and the
     # benchmarks' utilisation must not change with the convolutions' implementation.
     shape = (2, 64, 64, 3)
-    want = cost(create_model("resnet18", conv_grad="dot"), shape).macs
-    assert cost(create_model("resnet18", conv_grad="onednn"), shape).macs == want
+    want = cost(create_model("resnet18"), shape).macs
+    assert cost(create_model("resnet18", ops=Ops(conv="onednn")), shape).macs == want
     x = jnp.ones((2, 9, 9, 4))
     w = jnp.ones((3, 3, 4, 6))
     p = ((1, 1), (1, 1))
@@ -217,20 +222,19 @@ def test_cost_counts_the_kernels_macs():
 
 
 def test_auto_uses_the_kernels_on_one_cpu_device(monkeypatch):
-    model = ResNet(stage_sizes=(1,), block="basic", widths=(4,), num_classes=2)
     # The tests run with 8 devices: a sharded batch, which XLA cannot split for the kernels.
-    assert model.resolved_conv_grad() == ("canonical" if model.scan else "dot")
-    monkeypatch.setattr(jax, "device_count", lambda: 1)
+    assert auto().conv == "dot" and auto(scan=True).conv == "canonical"
     monkeypatch.setattr(onednn, "available", lambda: True)
-    assert model.resolved_conv_grad() == "onednn"
+    assert auto(devices=1).conv == "onednn"
+    assert auto(devices=1, backend="gpu").conv == "lax"
     monkeypatch.setattr(onednn, "available", lambda: False)
-    assert model.resolved_conv_grad() == "dot"
+    assert auto(devices=1).conv == "dot"
 
 
 def test_onednn_unbuilt_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(onednn, "available", lambda: False)
-    with pytest.raises(ValueError, match=r"conv_grad='onednn'.*make install"):
-        layers.make_conv(grad="onednn")
+    with pytest.raises(ValueError, match=r"ops.conv='onednn'.*make install"):
+        make_conv(ops=Ops(conv="onednn"))
 
 
 def test_build_says_what_is_missing(monkeypatch, tmp_path, capsys):

@@ -14,6 +14,7 @@ import pytest
 
 from resflax.models import cost, count_macs, count_params, create_model, get_entry, list_models
 from resflax.models.cost import jaxpr_macs, walk_eqns
+from resflax.ops import Ops
 
 
 def bn(c, with_bn=True):  # BatchNorm scale + bias
@@ -157,7 +158,7 @@ def test_v1_moves_cost_not_parameters():
 def test_space_to_depth_stem_counts_as_the_7x7_it_computes():
     # The rearranged stem multiplies zero taps too (8x8 kernel, 12 channels); cost() counts
     # the convolution the model means, whatever the backend's default.
-    s2d = create_model("resnet50", stem_s2d=True)
+    s2d = create_model("resnet50", ops=Ops(stem_conv="space_to_depth"))
     assert cost(s2d, (1, 224, 224, 3)).macs == cost("resnet50").macs
     x = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
     v = jax.eval_shape(s2d.init, jax.random.key(0), x)
@@ -216,7 +217,7 @@ def test_scanned_model_counts_like_the_unrolled_one(tiny_kwargs):
 
 @pytest.mark.parametrize("conv_grad", ["lax", "dot"])
 def test_gradient_macs_are_about_twice_the_forward(conv_grad):
-    model = create_model("resnet20", conv_grad=conv_grad)
+    model = create_model("resnet20", ops=Ops(conv=conv_grad))
     x = jnp.zeros((2, 32, 32, 3))
     variables = model.init(jax.random.key(0), x)
 

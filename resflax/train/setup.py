@@ -1,0 +1,148 @@
+"""`setup(config, workdir)`: everything a training session needs (data, model under its
+execution policy, optimizer, state), restored from the workdir's latest checkpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from absl import logging
+
+from resflax.data.sources import make_source
+from resflax.models.registry import create_model
+from resflax.ops import Ops
+from resflax.train import config as config_lib
+from resflax.train import pretrained
+from resflax.train.checkpoint import Checkpointer
+from resflax.train.optim import make_optimizer, make_schedule, scaled_learning_rate
+from resflax.train.parallel import AXIS, Parallel, make_parallel
+from resflax.train.state import make_init
+
+
+def _count_params(params: Any) -> int:
+    return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(params)))
+
+
+@dataclasses.dataclass
+class Run:
+    """What `setup` builds for one session of a run."""
+
+    config: Any
+    workdir: Path
+    parallel: Parallel
+    data: Any
+    ops: Ops
+    checkpointer: Checkpointer
+    steps: config_lib.Steps
+    schedule: Any
+    state: Any
+    # Saved with every checkpoint: the metric window, the training time and the best eval.
+    loop: dict[str, Any]
+    # What a data position means: the same data, batch, seed and processes.
+    identity: dict[str, Any]
+    start: int
+    num_params: int
+
+    @property
+    def lead(self) -> bool:
+        return jax.process_index() == 0
+
+
+def _fingerprint(config: Any, num_classes: int) -> dict[str, Any]:
+    """The model's identity for checkpoints: architecture only, never the execution policy."""
+    overrides = config_lib.model_overrides(config)
+    return {"model": config.model.name, "num_classes": num_classes, **overrides,
+            "prng_impl": config.prng_impl}  # fmt: skip
+
+
+def _optimizer(config: Any, steps: config_lib.Steps) -> tuple[Any, Any]:
+    opt = config.optimizer
+    learning_rate = scaled_learning_rate(opt.learning_rate, config.batch_size, opt.reference_batch)
+    schedule = make_schedule(
+        config.schedule.name, learning_rate=learning_rate, total_steps=steps.total,
+        warmup_steps=steps.warmup, boundaries=steps.boundaries,
+        decay_factor=config.schedule.decay_factor,
+        end_learning_rate=config.schedule.end_learning_rate,
+    )  # fmt: skip
+    tx = make_optimizer(
+        opt.name, schedule, momentum=opt.momentum, nesterov=opt.nesterov,
+        weight_decay=opt.weight_decay, decay_norm_and_bias=opt.decay_norm_and_bias,
+        grad_clip_norm=opt.grad_clip_norm, b1=opt.b1, b2=opt.b2,
+        trust_coefficient=opt.trust_coefficient,
+    )  # fmt: skip
+    return schedule, tx
+
+
+def setup(config: Any, workdir: str | Path) -> Run:
+    """Validates `config`, builds everything and restores `workdir`'s latest checkpoint (or
+    the pretrained weights of `init_from`)."""
+    config_lib.validate(config)
+    workdir = Path(workdir)
+    parallel = make_parallel(config.parallel, config.num_devices)
+    eval_batch_size = config.eval_batch_size or config.batch_size
+    for size in (config.batch_size, eval_batch_size):
+        parallel.check_batch(size)
+    data = make_source(
+        config.data, batch_size=config.batch_size, eval_batch_size=eval_batch_size,
+        seed=config.seed, process_index=jax.process_index(), process_count=jax.process_count(),
+    )  # fmt: skip
+    # Refuse a workdir holding another model before anything in it is touched.
+    checkpointer = Checkpointer(
+        workdir, _fingerprint(config, data.num_classes), max_to_keep=config.max_to_keep,
+        async_save=config.async_checkpointing, legacy_keys=config_lib.LEGACY_EXECUTION_FIELDS,
+    )  # fmt: skip
+    checkpointer.check_fingerprint()
+    ops = config_lib.resolve_ops(config, parallel.global_devices)
+    model = create_model(
+        config.model.name, num_classes=data.num_classes, dtype=config.dtype,
+        axis_name=AXIS if config.parallel == "pmap" else None, ops=ops,
+        **config_lib.model_overrides(config),
+    )  # fmt: skip
+    steps = config_lib.to_steps(config, data.steps_per_epoch)
+    schedule, tx = _optimizer(config, steps)
+    init = make_init(model, parallel.wrap_tx(tx), (1, *data.image_shape))
+    state = parallel.create_state(init, jax.random.key(config.seed, impl=config.prng_impl))
+    identity = {
+        "data": data.name, "batch_size": config.batch_size, "seed": config.seed,
+        "steps_per_epoch": data.steps_per_epoch,
+        "processes": jax.process_count() if data.per_process_shards else "any",
+    }  # fmt: skip
+    run = Run(config, workdir, parallel, data, ops, checkpointer, steps, schedule, state,
+              {"window": {}, "train_seconds": 0.0, "best": None}, identity, 0, 0)  # fmt: skip
+    _restore(run)
+    run.num_params = _count_params(parallel.unreplicate(run.state).params)
+    return run
+
+
+def _restore(run: Run) -> None:
+    """The latest checkpoint into `run` (state, data position, loop), else `init_from`."""
+    parallel, config = run.parallel, run.config
+    restored = run.checkpointer.restore(parallel.unreplicate(run.state))
+    if restored is not None:
+        single, saved = restored
+        if saved.get("setup", run.identity) != run.identity:
+            raise ValueError(
+                f"workdir {run.workdir} was trained with {saved['setup']}, not {run.identity}: "
+                "its data position would point at other examples; use another --workdir"
+            )
+        before = saved.get("execution", {}).get("ops")
+        if before is not None and before != run.ops.as_dict():
+            logging.info("resuming under ops %s (saved under %s)", run.ops.as_dict(), before)
+        run.state = parallel.replicate(single)
+        run.data.train.restore(saved["data"])
+        run.loop.update(saved["loop"])
+    elif config.init_from:
+        variables, meta = pretrained.load(config.init_from)
+        run.state = parallel.replicate(
+            pretrained.merge(parallel.unreplicate(run.state), variables, config.model.name, meta)
+        )
+        logging.info("initialised from %s (%s)", config.init_from, meta["source"])
+    run.start = int(jax.device_get(parallel.unreplicate(run.state).step))
+    if run.start > run.steps.total:
+        raise ValueError(
+            f"workdir {run.workdir} is at step {run.start}, beyond num_steps={run.steps.total}; "
+            "raise the number of steps or use another --workdir"
+        )
