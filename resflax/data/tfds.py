@@ -11,7 +11,6 @@ collective steps line up across hosts.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,86 +20,12 @@ import numpy as np
 
 from resflax.data import preprocess
 from resflax.data.arrays import EpochPosition
-
-# name -> (tfds name, train split, eval split, preprocessing kind, image size)
-DATASETS = {
-    "cifar10": ("cifar10", "train", "test", "cifar", 32),
-    "cifar100": ("cifar100", "train", "test", "cifar", 32),
-    "imagenet2012": ("imagenet2012", "train", "validation", "imagenet", 224),
-    "imagenette": ("imagenette/full-size-v2", "train", "validation", "imagenet", 224),
-    "image_folder": (None, "train", "test", "imagenet", 224),
-}
-PREPARE = {
-    "imagenet2012": "download ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar from "
-    "image-net.org into <data_dir>/downloads/manual/, then `tfds build imagenet2012 "
-    "--data_dir=<data_dir>`",
-    "image_folder": "put images in <data.folder>/<split>/<class name>/*.jpg|png",
-}
-
-
-@dataclasses.dataclass(frozen=True)
-class Spec:
-    """What the pipeline needs from the config's data block, with dataset defaults filled."""
-
-    name: str
-    tfds_name: str | None
-    data_dir: str | None
-    folder: str | None
-    train_split: str
-    eval_split: str
-    kind: str
-    image_size: int
-    eval_resize: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    shuffle_buffer: int
-    cache: bool
-    parallel_calls: int
-
-
-def spec_from_config(data: Any) -> Spec:
-    tfds_name, train, test, kind, size = DATASETS[data.name]
-    if not 0 < data.crop_fraction <= 1:
-        raise ValueError(f"data.crop_fraction={data.crop_fraction} must be in (0, 1]")
-    if data.shuffle_buffer < 1:
-        raise ValueError(f"data.shuffle_buffer={data.shuffle_buffer} must be at least 1")
-    if kind == "cifar" and data.image_size not in (None, size):
-        raise ValueError(
-            f"data.image_size={data.image_size}: {data.name} images are {size}x{size} "
-            "(leave it unset)"
-        )
-    stats = preprocess.MEAN_STD.get(data.name, preprocess.MEAN_STD["imagenet"])
-    size = data.image_size or size
-    return Spec(
-        name=data.name,
-        tfds_name=tfds_name,
-        data_dir=data.data_dir,
-        folder=data.folder,
-        train_split=data.train_split or train,
-        eval_split=data.eval_split or test,
-        kind=kind,
-        image_size=size,
-        eval_resize=round(size / data.crop_fraction),
-        mean=tuple(data.mean or stats[0]),
-        std=tuple(data.std or stats[1]),
-        shuffle_buffer=data.shuffle_buffer,
-        cache=data.cache,
-        parallel_calls=data.parallel_calls,
-    )
-
-
-class DataNotFoundError(ValueError):
-    """The data set is not prepared where it was looked for."""
-
-
-def _not_found(spec: Spec, where: str) -> DataNotFoundError:
-    how = PREPARE.get(
-        spec.name, f"on a machine with internet: `tfds build {spec.tfds_name} --data_dir=<dir>`"
-    )
-    return DataNotFoundError(
-        f"data set {spec.name!r} is not prepared in {where}; {how}; then point data.data_dir "
-        "(or TFDS_DATA_DIR) at it"
-    )
+from resflax.data.tfds_spec import (  # noqa: F401 - spec_from_config, DataNotFoundError: API
+    DataNotFoundError,
+    Spec,
+    not_found,
+    spec_from_config,
+)
 
 
 def _builder(spec: Spec) -> Any:
@@ -108,7 +33,7 @@ def _builder(spec: Spec) -> Any:
 
     if spec.name == "image_folder":
         if not spec.folder or not Path(spec.folder).is_dir():
-            raise _not_found(spec, f"data.folder={spec.folder!r}")
+            raise not_found(spec, f"data.folder={spec.folder!r}")
         return tfds.ImageFolder(spec.folder)
     # try_gcs=False: never wait on the network for metadata; an absent data set fails at once.
     return tfds.builder(spec.tfds_name, data_dir=spec.data_dir, try_gcs=False)
@@ -122,7 +47,7 @@ def _read(builder: Any, spec: Spec, split: Any, **kwargs: Any) -> Any:
             split=split, decoders={"image": tfds.decode.SkipDecoding()}, **kwargs
         )
     except AssertionError as e:  # tfds' way of saying "not prepared"
-        raise _not_found(spec, str(builder.data_dir)) from e
+        raise not_found(spec, str(builder.data_dir)) from e
 
 
 def _num_examples(builder: Any, spec: Spec, split: str) -> int:

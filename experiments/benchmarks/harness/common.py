@@ -48,14 +48,17 @@ def environment(packages: tuple[str, ...] = ("jax", "jaxlib", "flax", "optax")) 
     return f"{datetime.date.today()}, {cpu_name()}, {os.cpu_count()} CPUs, {versions(packages)}"
 
 
-def run_child(args: list[str], env: dict[str, str] | None = None, timeout: float = 900) -> dict:
-    """Runs `python <args>` and returns the JSON object on its last stdout line, or
-    {"error": ...} with the reason (timeout, signal, last stderr line)."""
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+def run_child(
+    args: list[str], env: dict[str, str] | None = None, timeout: float = 900, root: Path = ROOT
+) -> dict:
+    """Runs `python <args>` in the checkout `root` (this one by default) and returns the JSON
+    object on its last stdout line, or {"error": ...} with the reason (timeout, signal, last
+    stderr line)."""
+    full_env = {**os.environ, "PYTHONPATH": str(root), **(env or {})}
     try:
         out = subprocess.run(
             [sys.executable, *args], capture_output=True, text=True, timeout=timeout,
-            check=True, env=full_env, cwd=ROOT,
+            check=True, env=full_env, cwd=root,
         )  # fmt: skip
     except subprocess.TimeoutExpired:
         return {"error": f"over {timeout:.0f} s"}
