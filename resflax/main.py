@@ -35,17 +35,6 @@ class _LibraryInfoFilter(std_logging.Filter):
         return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
 
 
-# Compiler settings that were model fields, and where they live now.
-_MOVED_TO_OPS = {
-    "conv_grad": "--config.ops.conv",
-    "stored_act": "--config.ops.act=relu_stored",
-    "stem_s2d": "--config.ops.stem_conv=space_to_depth",
-    "bn_grad": "--config.ops.norm=closed (or flax)",
-    "bn_sums": "--config.ops.norm=closed_pallas",
-    "bn_fuse_relu": "--config.ops.fuse_relu",
-}
-
-
 def _one_line(error: BaseException, unwrap: bool = True) -> str:
     """A flag or config error as one line: with `unwrap`, its innermost cause (absl and
     ml_collections wrap them in tracebacks and repr'd multi-line messages)."""
@@ -58,7 +47,9 @@ def _one_line(error: BaseException, unwrap: bool = True) -> str:
         return f"unknown config key {key.strip()}; {hint.strip()}"
     if isinstance(error, KeyError | AttributeError) and re.fullmatch(r"""["']*\w+["']*""", text):
         key = text.strip("'\"")
-        moved = _MOVED_TO_OPS.get(key)
+        from resflax.train.config import LEGACY_EXECUTION_FIELDS
+
+        moved = LEGACY_EXECUTION_FIELDS.get(key)
         hint = f"; an execution setting now: {moved} (docs/execution.md)" if moved else ""
         return f"unknown config key '{key}'{hint}"
     lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]

@@ -92,7 +92,8 @@ def setup(config: Any, workdir: str | Path) -> Run:
     # Refuse a workdir holding another model before anything in it is touched.
     checkpointer = Checkpointer(
         workdir, _fingerprint(config, data.num_classes), max_to_keep=config.max_to_keep,
-        async_save=config.async_checkpointing, legacy_keys=config_lib.LEGACY_EXECUTION_FIELDS,
+        async_save=config.async_checkpointing,
+        legacy_keys=tuple(config_lib.LEGACY_EXECUTION_FIELDS),
     )  # fmt: skip
     checkpointer.check_fingerprint()
     ops = config_lib.resolve_ops(config, parallel.global_devices)
