@@ -5,20 +5,23 @@
         --config.num_steps=1000
 
 The config is locked: overriding a key that does not exist is an error. Exit status: 0 when
-finished or preempted (SIGTERM; run again to resume), 1 on a bad config or input (one line on
-stderr naming the value), 2 on divergence (non-finite loss).
+finished or preempted (SIGTERM; run again to resume), 1 on a bad config or input, 2 on
+divergence (non-finite loss). Every failure is one line on stderr, `resflax: error: ...`,
+naming the bad value or file and what would be valid; the config, the workdir and the data are
+checked before the model is built, so bad input fails within seconds and prints nothing else.
+`RESFLAX_DEBUG=1` re-raises the error instead, with its traceback (resflax/cli.py).
 """
 
 from __future__ import annotations
 
 import logging as std_logging
-import os
-import re
 import sys
-import traceback
+from typing import Any
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from resflax import cli, cli_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Training config file, with an optional ':argument'.", lock_config=True
@@ -28,90 +31,89 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 class _LibraryInfoFilter(std_logging.Filter):
-    """Drops INFO lines from libraries (orbax logs several per checkpoint) so the progress
-    lines stay readable; their warnings and errors still show."""
+    """Drops INFO lines from libraries (orbax logs several per checkpoint, jax one for each
+    backend it could not start) so the progress lines stay readable and bad input stays one
+    line; their warnings and errors still show."""
 
     def filter(self, record: std_logging.LogRecord) -> bool:
-        return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+        path = record.pathname
+        return record.levelno >= std_logging.WARNING or not (
+            "/orbax/" in path or "/jax/" in path or "/jaxlib/" in path
+        )
 
 
-def _one_line(error: BaseException, unwrap: bool = True) -> str:
-    """A flag or config error as one line: with `unwrap`, its innermost cause (absl and
-    ml_collections wrap them in tracebacks and repr'd multi-line messages)."""
-    while unwrap and error.__cause__ is not None:
-        error = error.__cause__
-    text = str(error.args[0]) if error.args else str(error)
-    if isinstance(error, KeyError | AttributeError) and "Did you mean" in text:
-        text = text.strip("'\"").replace("\\'", "'").replace("\\n", "\n")
-        key, _, hint = text.partition("\n")
-        return f"unknown config key {key.strip()}; {hint.strip()}"
-    if isinstance(error, KeyError | AttributeError) and re.fullmatch(r"""["']*\w+["']*""", text):
-        key = text.strip("'\"")
-        from resflax.train.config import LEGACY_EXECUTION_FIELDS
+class _ReportedAsError(std_logging.Filter):
+    """Drops ml_collections' warning that get_config() returned None: the error line says it."""
 
-        moved = LEGACY_EXECUTION_FIELDS.get(key)
-        hint = f"; an execution setting now: {moved} (docs/execution.md)" if moved else ""
-        return f"unknown config key '{key}'{hint}"
-    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
-    lines = [line for line in lines if not line.startswith("Pass --help")]
-    if len(lines) > 1 and (isinstance(error, OSError) or lines[0].startswith("flag --config")):
-        lines = lines[-1:]  # the underlying error, after a traceback or a list of attempts
-    return re.sub(r"^\w+Error: ", "", "; ".join(lines))
-
-
-def _fail(error: BaseException, status: int = 1, unwrap: bool = True) -> None:
-    print(f"resflax: error: {_one_line(error, unwrap)}", file=sys.stderr)
-    sys.exit(status)
-
-
-def _raised_by_resflax(error: BaseException) -> bool:
-    """Whether the error was raised in resflax's own code (whose messages are written for the
-    user) rather than deep inside jax, TensorFlow or orbax."""
-    import resflax
-
-    package = os.path.dirname(os.path.abspath(resflax.__file__)) + os.sep
-    frames = traceback.extract_tb(error.__traceback__)
-    return bool(frames) and os.path.abspath(frames[-1].filename).startswith(package)
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        return "get_config() returned None" not in str(record.msg)
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
+    absl_logger = std_logging.getLogger("absl")
+    if not any(isinstance(f, _ReportedAsError) for f in absl_logger.filters):
+        absl_logger.addFilter(_ReportedAsError())
     try:
+        # Before absl loads it, which defers a missing file's error and prints a bad one's
+        # traceback.
+        cli_flags.check_config_file(cli_flags.config_argument(argv))
         return flags.FLAGS(argv)
-    except (flags.Error, KeyError, AttributeError, ValueError, OSError) as e:
-        _fail(e)
-        raise
+    except Exception as e:  # every failure is one line (RESFLAX_DEBUG re-raises)
+        if cli.debug():
+            raise
+        cli.fail(cli_flags.explain(e, argv))
+
+
+def _config() -> Any:
+    from ml_collections import ConfigDict
+
+    config = _CONFIG.value
+    if not isinstance(config, ConfigDict):
+        name = cli_flags.config_argument(sys.argv) or "--config"
+        raise ValueError(
+            f"config {name!r}: get_config() returned {type(config).__name__}, not a ConfigDict"
+        )
+    return config
+
+
+def _train(argv: list[str], workdir: str) -> dict[str, Any]:
+    """Checks everything that can be checked before any work, then trains."""
+    if len(argv) > 1:
+        raise ValueError(
+            f"unexpected arguments {argv[1:]}; settings are flags: --config.<key>=<value>"
+        )
+    config = _config()
+    from resflax.runtime import apply_cpu_flags, apply_host_malloc, cpu_flags
+
+    # Before anything starts threads that allocate (XLA's pools, orbax, tf.data).
+    apply_host_malloc(config.get("host_malloc", "auto"))
+    from resflax.train import config as config_lib
+
+    config_lib.validate(config)
+    cli.check_workdir(workdir)
+    from resflax.train.distributed import initialize
+    from resflax.train.loop import train_and_evaluate
+    from resflax.train.parallel import make_parallel
+
+    # Before JAX starts its backends.
+    apply_cpu_flags(cpu_flags(config.xla_cpu_flags))
+    initialize(config.distributed)  # before any other JAX call
+    devices = make_parallel(config.parallel, config.num_devices).global_devices
+    config_lib.check_batch_sizes(config, devices)
+    return train_and_evaluate(config, workdir)
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.get_absl_handler().addFilter(_LibraryInfoFilter())
+    handler = logging.get_absl_handler()
+    if not any(isinstance(f, _LibraryInfoFilter) for f in handler.filters):
+        handler.addFilter(_LibraryInfoFilter())
     try:
-        config = _CONFIG.value
-        config.get("model")  # the file is loaded lazily: load it here, inside the try
-    except (KeyError, AttributeError, ValueError, OSError) as e:
-        _fail(e)
-    from resflax.runtime import apply_cpu_flags, apply_host_malloc, cpu_flags
-
-    try:
-        # Before anything starts threads that allocate (XLA's pools, orbax, tf.data).
-        apply_host_malloc(config.get("host_malloc", "auto"))
-    except ValueError as e:
-        _fail(e, unwrap=False)
-    from resflax.train.distributed import initialize
-    from resflax.train.loop import NonFiniteLossError, train_and_evaluate
-
-    try:
-        # Before JAX starts its backends.
-        apply_cpu_flags(cpu_flags(config.xla_cpu_flags))
-        initialize(config.distributed)  # before any other JAX call
-        summary = train_and_evaluate(config, _WORKDIR.value)
-    except NonFiniteLossError as e:
-        _fail(e, status=2, unwrap=False)
-    except ValueError as e:
-        if not _raised_by_resflax(e):
-            raise  # a library's error: keep its traceback, it is a bug to report
-        _fail(e, unwrap=False)
+        summary = _train(argv, _WORKDIR.value)
+    except Exception as e:  # every failure is one line (RESFLAX_DEBUG re-raises)
+        # Not imported up front: the loop's imports would precede the malloc setting.
+        loop = sys.modules.get("resflax.train.loop")
+        diverged = loop is not None and isinstance(e, loop.NonFiniteLossError)
+        cli.fail(e, status=2 if diverged else 1)
     final = summary["final_eval"] or {}
     logging.info(
         "%s at step %d/%d; test top-1 %.2f%%; summary in %s/summary.json",

@@ -3,7 +3,10 @@
     python -m resflax.convert --model resnet50 --src resnet50-0676ba61.pth --dst pretrained/r50
 
 Writes `<dst>/variables` (orbax: params and batch_stats) and `<dst>/meta.json` (model, classes,
-source). Exit status 1 with one line on stderr for a bad model, file or mapping.
+source). `.pth` files are read with `torch.load(weights_only=True)`: a file holding pickled
+objects, which could run code when unpickled, is refused. Exit status 1 with one line on stderr,
+`resflax: error: ...`, for a bad argument, model, file or mapping; `RESFLAX_DEBUG=1` shows the
+traceback instead (resflax/cli.py).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 
 def convert(model_name: str, src: str, dst: str) -> dict:
@@ -23,6 +27,11 @@ def convert(model_name: str, src: str, dst: str) -> dict:
     from resflax.models import create_model, get_entry
 
     entry = get_entry(model_name)
+    out = Path(dst).absolute()
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--dst={dst!r} is a file; give a directory (nothing was changed)")
+    if (out / "variables").exists():
+        raise ValueError(f"{out}/variables exists; choose another --dst (nothing was changed)")
     state = read_state_dict(src)
     if "fc.weight" not in state:
         raise ValueError(f"{src}: no fc.weight, not a torchvision classifier state dict")
@@ -31,10 +40,10 @@ def convert(model_name: str, src: str, dst: str) -> dict:
     size = entry.resolution
     target = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, size, size, 3)))
     variables = import_torchvision(state, target)
-    out = Path(dst).absolute()
-    if (out / "variables").exists():
-        raise ValueError(f"{out}/variables exists; choose another --dst (nothing was changed)")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"--dst={dst!r} cannot be created: {e.strerror} ({e.filename})") from e
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(out / "variables", variables)
     checkpointer.wait_until_finished()
@@ -48,17 +57,27 @@ def convert(model_name: str, src: str, dst: str) -> dict:
     return meta
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its usage error as one line and exit status 1, like every bad input."""
+
+    def error(self, message: str) -> NoReturn:
+        from resflax import cli
+
+        cli.fail(f"{message}; usage: {' '.join(self.format_usage().split()[1:])}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    from resflax import cli
+
+    parser = _Parser(prog="python -m resflax.convert", description=__doc__.split("\n")[0])
     parser.add_argument("--model", required=True, help="registered resflax model name")
     parser.add_argument("--src", required=True, help=".pth or .safetensors torchvision file")
     parser.add_argument("--dst", required=True, help="output directory")
     args = parser.parse_args(argv)
     try:
         meta = convert(args.model, args.src, args.dst)
-    except ValueError as e:
-        print(f"resflax.convert: error: {e}", file=sys.stderr)
-        return 1
+    except Exception as e:  # every failure is one line (RESFLAX_DEBUG re-raises)
+        cli.fail(e)
     print(f"wrote {args.dst}: {meta['model']}, {meta['num_classes']} classes")
     return 0
 

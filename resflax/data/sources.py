@@ -34,6 +34,15 @@ class DataSource:
     per_process_shards: bool = False
 
 
+def check_num_classes(data: Any, found: int) -> None:
+    """`data.num_classes`, where it is set for a data set that has its own classes, agrees."""
+    if data.num_classes is not None and data.num_classes != found:
+        raise ValueError(
+            f"data.num_classes={data.num_classes}, but {data.name!r} has {found} classes; leave "
+            f"data.num_classes unset (the data's count is used) or set it to {found}"
+        )
+
+
 def make_source(
     data: Any,
     *,
@@ -52,6 +61,7 @@ def make_source(
     if data.name == "digits":
         from resflax.data.digits import load_digits_split
 
+        check_num_classes(data, 10)
         x_train, y_train, x_test, y_test = load_digits_split(data.test_fraction, data.split_seed)
         train = ArrayIterator(x_train, y_train, local, shuffle=True, seed=seed, **shard)
         return DataSource(
@@ -66,7 +76,10 @@ def make_source(
         )
     if data.name == "fake":
         if data.num_classes is None or data.image_size is None:
-            raise ValueError("data 'fake' needs data.num_classes and data.image_size")
+            raise ValueError(
+                f"data 'fake' needs data.num_classes (now {data.num_classes}) and "
+                f"data.image_size (now {data.image_size})"
+            )
         shape = (data.image_size, data.image_size, data.channels)
         num_eval_batches = -(-data.eval_size // eval_batch_size)
         return DataSource(

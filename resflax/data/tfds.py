@@ -20,6 +20,7 @@ import numpy as np
 
 from resflax.data import preprocess
 from resflax.data.arrays import EpochPosition
+from resflax.data.folder import check_image_folder
 from resflax.data.tfds_spec import (  # noqa: F401 - spec_from_config, DataNotFoundError: API
     DataNotFoundError,
     Spec,
@@ -34,6 +35,7 @@ def _builder(spec: Spec) -> Any:
     if spec.name == "image_folder":
         if not spec.folder or not Path(spec.folder).is_dir():
             raise not_found(spec, f"data.folder={spec.folder!r}")
+        check_image_folder(spec.folder, spec.train_split, spec.eval_split)
         return tfds.ImageFolder(spec.folder)
     # try_gcs=False: never wait on the network for metadata; an absent data set fails at once.
     return tfds.builder(spec.tfds_name, data_dir=spec.data_dir, try_gcs=False)
@@ -212,7 +214,7 @@ def make_tfds_source(
     process_count: int,
 ) -> Any:  # fmt: skip
     """A `DataSource` over a tfds data set or image folder; sizes are global."""
-    from resflax.data.sources import DataSource
+    from resflax.data.sources import DataSource, check_num_classes
 
     spec = spec_from_config(data)
     builder = _builder(spec)
@@ -226,6 +228,8 @@ def make_tfds_source(
             f"{spec.name!r}"
         )
     eval_steps = math.ceil(math.ceil(num_eval / process_count) / local_eval)
+    num_classes = int(builder.info.features["label"].num_classes)
+    check_num_classes(data, num_classes)
     shard = dict(process_index=process_index, process_count=process_count)
     return DataSource(
         name=spec.name,
@@ -234,7 +238,7 @@ def make_tfds_source(
         num_train=num_train,
         num_eval=num_eval,
         image_shape=(spec.image_size, spec.image_size, 3),
-        num_classes=int(builder.info.features["label"].num_classes),
+        num_classes=num_classes,
         steps_per_epoch=steps_per_epoch,
         per_process_shards=True,
     )

@@ -21,7 +21,7 @@ PREPARE = {
     "imagenet2012": "download ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar from "
     "image-net.org into <data_dir>/downloads/manual/, then `tfds build imagenet2012 "
     "--data_dir=<data_dir>`",
-    "image_folder": "put images in <data.folder>/<split>/<class name>/*.jpg|png",
+    "image_folder": "put images in <data.folder>/<split>/<class name>/*.jpg|jpeg|png",
 }
 
 
@@ -84,6 +84,11 @@ def not_found(spec: Spec, where: str) -> DataNotFoundError:
     how = PREPARE.get(
         spec.name, f"on a machine with internet: `tfds build {spec.tfds_name} --data_dir=<dir>`"
     )
+    if spec.name == "image_folder":  # read where it lies: data_dir plays no part
+        return DataNotFoundError(
+            f"data set 'image_folder' is not prepared in {where}: no such directory; {how}; then "
+            "point data.folder at it"
+        )
     return DataNotFoundError(
         f"data set {spec.name!r} is not prepared in {where}; {how}; then point data.data_dir "
         "(or TFDS_DATA_DIR) at it"

@@ -15,10 +15,22 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 HEAD = ("head", "fc")
 
 
+def check_not_a_file(path: str | Path) -> None:
+    """Refuses a weights file given as it came (.pth, .safetensors): only the converter reads
+    those, so that a pickle is never opened by training (and a resumed run's check is cheap)."""
+    if Path(path).is_file():
+        raise ValueError(
+            f"init_from={str(path)!r} is a file; convert it first (it is not read here): "
+            f"python -m resflax.convert --model <name> --src {path} --dst <dir>, then "
+            "init_from=<dir>"
+        )
+
+
 def load(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """(variables as numpy, meta) from a `python -m resflax.convert` output directory."""
     import orbax.checkpoint as ocp
 
+    check_not_a_file(path)
     root = Path(path).absolute()
     if not (root / "meta.json").is_file() or not (root / "variables").is_dir():
         raise ValueError(
