@@ -157,4 +157,7 @@ def get_config() -> config_dict.ConfigDict:
     c.checkpoint_every_steps = 1000
     c.max_to_keep = 3
     c.async_checkpointing = True
+    # Comma-separated keys a resumed run may change beyond resflax.train.resume.MAY_CHANGE
+    # (e.g. "optimizer.learning_rate"); logged and kept in <workdir>/config_history.jsonl.
+    c.allow_changes_on_resume = ""
     return c

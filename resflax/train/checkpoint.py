@@ -5,14 +5,52 @@ message instead of a shape error deep inside a restore."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
+from jax.experimental import multihost_utils
 
+from resflax.train import integrity
 from resflax.train.state import TrainState
+
+# Where damaged steps are moved, beside `checkpoints/` (orbax would count them inside it).
+DAMAGED = "damaged_checkpoints"
+
+
+class FingerprintError(ValueError):
+    """The workdir holds checkpoints of another model."""
+
+
+class CheckpointDamage(ValueError):
+    """A checkpoint step that is incomplete, unreadable or fails its checksums."""
+
+
+def _brief(error: BaseException) -> str:
+    """An exception as a short phrase (library messages can run to pages)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = lines[0] if lines else ""
+    return f"{type(error).__name__}: {text[:160]}"
+
+
+def _verify(arrays: dict[str, Any], position: dict[str, Any], meta: dict[str, Any]) -> None:
+    """Raises `CheckpointDamage` unless the restored step matches the checksums saved with it.
+    Steps written before checksums existed carry none; they pass on reading back alone."""
+    record = position.pop("integrity", None)
+    if record is None:
+        return
+    if integrity.json_digest(position) != record.get("data"):
+        raise CheckpointDamage("its data position differs from its checksum")
+    if integrity.json_digest(meta) != record.get("meta"):
+        raise CheckpointDamage("its model record differs from its checksum")
+    bad = integrity.mismatches(record.get("arrays", {}), integrity.array_checksums(arrays))
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise CheckpointDamage(f"array checksum mismatch in {', '.join(bad[:3])}{more}")
 
 
 def _leaves(state: TrainState) -> dict[str, Any]:
@@ -62,7 +100,8 @@ def _key_impl(key: Any) -> Any:
 
 
 class Checkpointer:
-    """Saves under `<workdir>/checkpoints/<step>/{state,data,meta}`, keeping `max_to_keep`.
+    """Saves under `<workdir>/checkpoints/<step>/{state,data,meta}`, keeping `max_to_keep`,
+    with checksums of every array and JSON item (`resflax.train.integrity`) verified on restore.
 
     `fingerprint` (JSON-able: model name and overrides, say) is written with every step and
     compared on restore, less `legacy_keys` (settings older checkpoints recorded there that no
@@ -104,50 +143,122 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def check_fingerprint(self) -> None:
-        """Raises if the workdir's latest checkpoint was written for a different model."""
-        step = self.latest_step()
-        if step is None:
-            return
+    def _step_dir(self, step: int) -> Path:
+        return Path(self.manager.directory) / str(step)
+
+    def _read_meta(self, step: int) -> dict[str, Any]:
         saved = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-        theirs = {k: v for k, v in dict(saved["meta"]).items() if k not in self.legacy_keys}
+        return dict(saved["meta"])
+
+    def _compare(self, meta: dict[str, Any]) -> None:
+        theirs = {k: v for k, v in meta.items() if k not in self.legacy_keys}
         if theirs != self.fingerprint:
-            raise ValueError(
+            raise FingerprintError(
                 f"workdir {self.workdir} holds checkpoints of {theirs}, not {self.fingerprint}; "
                 "use another --workdir (nothing there was changed)"
             )
 
+    def check_fingerprint(self) -> None:
+        """Raises if the workdir's newest readable checkpoint was written for another model
+        (an unreadable one is left to `restore`, which moves it aside or says what is wrong)."""
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                meta = self._read_meta(step)
+            except Exception:  # damage of any kind: look at an older step
+                continue
+            self._compare(meta)
+            return
+
     def save(self, state: TrainState, data_position: dict[str, Any]) -> None:
         step = int(jax.device_get(state.step))
+        arrays = _arrays(state)
+        position = dict(data_position)
+        # Computed from the arrays being saved, before the (asynchronous) write.
+        position["integrity"] = {
+            "arrays": integrity.array_checksums(arrays),
+            "data": integrity.json_digest(position),
+            "meta": integrity.json_digest(self.fingerprint),
+        }
         self.manager.save(
             step,
             args=ocp.args.Composite(
-                state=ocp.args.PyTreeSave(_arrays(state)),
-                data=ocp.args.JsonSave(dict(data_position)),
+                state=ocp.args.PyTreeSave(arrays),
+                data=ocp.args.JsonSave(position),
                 meta=ocp.args.JsonSave(self.fingerprint),
             ),
         )
 
-    def restore(self, target: TrainState) -> tuple[TrainState, dict[str, Any]] | None:
-        """The latest (state, data position), shaped and placed like `target` (a concrete or
-        abstract state: `jax.eval_shape` output with shardings works); None when empty."""
-        step = self.latest_step()
-        if step is None:
-            return None
-        self.check_fingerprint()
+    def _restore_step(self, step: int, target: TrainState) -> tuple[TrainState, dict[str, Any]]:
+        """Step `step`, verified; raises `CheckpointDamage` saying what is wrong."""
+        if not self._step_dir(step).is_dir():
+            raise CheckpointDamage("its directory is missing")
+        try:
+            meta = self._read_meta(step)
+        except Exception as e:  # whatever orbax or the JSON parser says
+            raise CheckpointDamage(f"its model record is unreadable ({_brief(e)})") from e
+        self._compare(meta)
         stored = _restore_target(target)
         restore_args = ocp.checkpoint_utils.construct_restore_args(stored)
-        saved = self.manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.PyTreeRestore(stored, restore_args=restore_args),
-                data=ocp.args.JsonRestore(),
-            ),
-        )
-        arrays = dict(saved["state"])
+        try:
+            saved = self.manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.PyTreeRestore(stored, restore_args=restore_args),
+                    data=ocp.args.JsonRestore(),
+                ),
+            )
+            arrays, position = dict(saved["state"]), dict(saved["data"])
+        except Exception as e:  # TensorStore, zstd, pytree or JSON errors
+            raise CheckpointDamage(f"it does not read back ({_brief(e)})") from e
+        _verify(arrays, position, meta)
         key = jax.random.wrap_key_data(arrays.pop("key"), impl=_key_impl(target.key))
-        state = target.replace(**arrays, key=key)
-        return state, dict(saved["data"])
+        return target.replace(**arrays, key=key), position
+
+    def restore(self, target: TrainState) -> tuple[TrainState, dict[str, Any]] | None:
+        """The newest intact (state, data position), shaped and placed like `target` (a
+        concrete or abstract state: `jax.eval_shape` output with shardings works); None when
+        the workdir has no checkpoint.
+
+        A damaged or incomplete step is logged (one line naming it and what is wrong) and, once
+        an older intact step is found, moved to `<workdir>/damaged_checkpoints/` (never
+        deleted). When no step is intact, nothing is moved and `CheckpointDamage` says why.
+        """
+        damaged: list[tuple[int, str]] = []
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                restored = self._restore_step(step, target)
+            except CheckpointDamage as e:
+                logging.warning("checkpoint %d in %s is damaged: %s", step, self.workdir, e)
+                damaged.append((step, str(e)))
+                continue
+            self._move_aside([s for s, _ in damaged])
+            if damaged:
+                logging.warning("resuming from step %d, the newest intact checkpoint", step)
+            return restored
+        if damaged:
+            what = "; ".join(f"step {s}: {why}" for s, why in damaged)
+            raise CheckpointDamage(
+                f"no intact checkpoint in {self.workdir / 'checkpoints'} ({what}); nothing was "
+                "moved: set those steps aside to start again, or use another --workdir"
+            )
+        return None
+
+    def _move_aside(self, steps: list[int]) -> None:
+        if not steps:
+            return
+        if jax.process_index() == 0:
+            aside = self.workdir / DAMAGED
+            aside.mkdir(exist_ok=True)
+            for step in steps:
+                dest = aside / str(step)
+                n = 1
+                while dest.exists():
+                    dest, n = aside / f"{step}.{n}", n + 1
+                shutil.move(self._step_dir(step), dest)
+                logging.warning("moved damaged checkpoint %d to %s", step, dest)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices("resflax_checkpoint_move_aside")
+        self.manager.reload()
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

@@ -29,7 +29,9 @@ from absl import logging
 
 from resflax.data.prefetch import Prefetch
 from resflax.runtime import host_memory
+from resflax.train import resume
 from resflax.train import step as step_lib
+from resflax.train.lock import WorkdirLock
 from resflax.train.losses import averages
 from resflax.train.setup import Run, setup
 from resflax.train.writers import MetricWriter, Progress
@@ -234,6 +236,7 @@ class Session:
             "data": self.batches.position(),
             "loop": {**run.loop, "window": self.window, "train_seconds": seconds},
             "execution": execution(run),
+            "config": resume.flatten(run.config),
         }
         run.checkpointer.save(single, position)
 
@@ -268,18 +271,19 @@ def summarise(run: Run, session: Session) -> dict[str, Any]:
 
 
 def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
-    """Trains `config` in `workdir`, resuming from its latest checkpoint. Returns the summary
-    (also written to `<workdir>/summary.json` by process 0)."""
-    run = setup(config, workdir)
-    if run.lead:
-        run.workdir.mkdir(parents=True, exist_ok=True)
-        (run.workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
-    logging.info(
-        "%s: %s params, %d devices (%s), %d steps of batch %d (%d per epoch)%s; ops: %s",
-        config.model.name, f"{run.num_params:,}", run.parallel.num_devices, config.parallel,
-        run.steps.total, config.batch_size, run.data.steps_per_epoch,
-        f", resuming at step {run.start}" if run.start else "", run.ops.describe(),
-    )  # fmt: skip
-    session = Session(run)
-    session.run_steps()
-    return summarise(run, session)
+    """Trains `config` in `workdir`, resuming from its newest intact checkpoint. Returns the
+    summary (also written to `<workdir>/summary.json` by process 0). Process 0 holds the
+    workdir's lock (`resflax.train.lock`) for the whole run: a second run there is refused."""
+    with WorkdirLock(workdir, enabled=jax.process_index() == 0):
+        run = setup(config, workdir)
+        if run.lead:
+            resume.record(run.workdir, run.config, run.start, run.changed)
+        logging.info(
+            "%s: %s params, %d devices (%s), %d steps of batch %d (%d per epoch)%s; ops: %s",
+            config.model.name, f"{run.num_params:,}", run.parallel.num_devices, config.parallel,
+            run.steps.total, config.batch_size, run.data.steps_per_epoch,
+            f", resuming at step {run.start}" if run.start else "", run.ops.describe(),
+        )  # fmt: skip
+        session = Session(run)
+        session.run_steps()
+        return summarise(run, session)

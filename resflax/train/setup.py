@@ -4,6 +4,7 @@ execution policy, optimizer, state), restored from the workdir's latest checkpoi
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from resflax.data.sources import make_source
 from resflax.models.registry import create_model
 from resflax.ops import Ops
 from resflax.train import config as config_lib
-from resflax.train import pretrained
+from resflax.train import pretrained, resume
 from resflax.train.checkpoint import Checkpointer
 from resflax.train.optim import make_optimizer, make_schedule, scaled_learning_rate
 from resflax.train.parallel import AXIS, Parallel, make_parallel
@@ -45,6 +46,8 @@ class Run:
     identity: dict[str, Any]
     start: int
     num_params: int
+    # Config keys this session changed against the checkpoint it resumed: {key: (old, new)}.
+    changed: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def lead(self) -> bool:
@@ -118,6 +121,18 @@ def setup(config: Any, workdir: str | Path) -> Run:
     return run
 
 
+def _saved_config(run: Run, saved: dict[str, Any]) -> dict[str, Any]:
+    """The config the checkpoint was written under: saved with it, or (checkpoints written
+    before it was) the workdir's config.json, or nothing to compare."""
+    if "config" in saved:
+        return saved["config"]
+    path = run.workdir / "config.json"
+    try:
+        return resume.flatten_tree(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        return {}
+
+
 def _restore(run: Run) -> None:
     """The latest checkpoint into `run` (state, data position, loop), else `init_from`."""
     parallel, config = run.parallel, run.config
@@ -129,6 +144,10 @@ def _restore(run: Run) -> None:
                 f"workdir {run.workdir} was trained with {saved['setup']}, not {run.identity}: "
                 "its data position would point at other examples; use another --workdir"
             )
+        run.changed = resume.changes(_saved_config(run, saved), config)
+        for key, (old, new) in run.changed.items():
+            logging.info("resuming with %s changed: %r -> %r", key, old, new)
+        # The config names a policy; what it resolved to on this machine may differ too.
         before = saved.get("execution", {}).get("ops")
         if before is not None and before != run.ops.as_dict():
             logging.info("resuming under ops %s (saved under %s)", run.ops.as_dict(), before)
