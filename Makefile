@@ -1,9 +1,15 @@
 # One command per target. Every target installs first, so on a fresh machine `make test` is enough.
-PY      := .venv/bin/python
-STAMP   := .venv/.installed
-# oneDNN convolutions for XLA:CPU (resflax/kernels); where oneDNN is not published (not Linux
-# x86-64) the build step says so and convolutions stay XLA's.
-KERNELS := resflax/kernels/_onednn_conv.so
+# The interpreter and the environment are chosen once: `make test PYTHON=python3.13
+# VENV=.venv-3.13` builds a second environment beside the default one (Python 3.11+; jax 0.11
+# and later need 3.12+, so the newest jax comes with the newest Python).
+PYTHON  ?= python3
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+# oneDNN convolutions for XLA:CPU (resflax/kernels), built per environment (the file name
+# carries the interpreter's extension suffix, as a compiled extension's does); where oneDNN is
+# not published (not Linux x86-64) the build step says so and convolutions stay XLA's.
+KERNELS := $(VENV)/.kernels-built
 SETUP   := $(STAMP) $(KERNELS)
 # With XLA:CPU's optimisation barriers kept, as the CLI runs: remat really recomputes and
 # relu_stored really stores (resflax/runtime/xla_flags.py).
@@ -22,28 +28,30 @@ LAUNCHER ?= local
 MODEL ?= resnet50
 SRC   ?=
 
-.PHONY: install install-convert train finetune sweep test lint zoo bench bench-step bench-memory bench-products \
+# make test TESTS="tests/models tests/train/test_step.py" runs a part of the suite.
+TESTS ?=
+
+.PHONY: install install-convert train finetune sweep test test-newest lint zoo bench bench-step bench-memory bench-products \
 	bench-loop bench-compile bench-input clean
 
 install: $(SETUP)
 
-# oneDNN's headers are installed without their dependency (a second, SYCL build of
-# libdnnl.so.3 that would replace onednn-cpu-gomp's in .venv/lib); Linux x86-64, as the library.
+# oneDNN's headers come from the same release as its library (onednn-devel-cpu-gomp pins
+# onednn-cpu-gomp; tests/kernels/test_onednn.py checks the two versions agree).
 $(STAMP): pyproject.toml
-	python3 -m venv .venv
+	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
-	if [ "$$(uname -sm)" = "Linux x86_64" ]; then \
-	  $(PY) -m pip install --quiet --no-deps 'onednn-devel==2026.1.0'; fi
 	touch $(STAMP)
 
 $(KERNELS): resflax/kernels/onednn_conv.cc resflax/kernels/build.py $(STAMP)
 	$(PY) -m resflax.kernels.build
+	touch $(KERNELS)
 
 # torch, torchvision and timm for the weight-conversion tests (several GB; CI installs them).
-install-convert: .venv/.installed-convert
+install-convert: $(VENV)/.installed-convert
 
-.venv/.installed-convert: $(SETUP)
+$(VENV)/.installed-convert: $(SETUP)
 	$(PY) -m pip install --quiet -e '.[test,convert]'
 	touch $@
 
@@ -61,7 +69,24 @@ sweep: $(SETUP)
 	$(PY) -m experiments.sweep --sweep $(SWEEP) --launcher $(LAUNCHER)
 
 test: $(SETUP)
-	XLA_FLAGS="$(XLA_TEST_FLAGS)" $(PY) -m pytest -q -n 2 --durations=10
+	XLA_FLAGS="$(XLA_TEST_FLAGS)" $(PY) -m pytest -q -n 2 --durations=10 $(TESTS)
+
+# The core of the suite on the newest Python 3.12+ found (.ci/newest-python) with the newest
+# jax the ranges admit, in its own environment (.ci/run runs it after the full suite): the
+# models and their transformations, the ops, the kernels, the process settings, the step, all
+# three parallel drivers, checkpoints, NNX and two command-line runs.
+NEWEST_VENV  ?= .venv-newest
+NEWEST_TESTS := tests/models tests/ops tests/kernels tests/runtime tests/test_imports.py \
+	tests/test_nnx.py tests/train/test_step.py tests/train/test_parallel.py \
+	tests/train/test_checkpoint.py tests/train/test_checkpoint_integrity.py \
+	tests/test_main.py::test_resume_in_a_new_process_is_bitwise_equal \
+	tests/test_main.py::test_default_run_reaches_the_accuracy_bar
+
+test-newest:
+	@py="$$(.ci/newest-python)"; \
+	if [ -z "$$py" ]; then echo "make test-newest: no Python 3.12+ on PATH or in pyenv"; exit 1; fi; \
+	echo "make test-newest: $$py ($$($$py --version)) in $(NEWEST_VENV)"; \
+	$(MAKE) --no-print-directory test VENV=$(NEWEST_VENV) PYTHON="$$py" TESTS="$(NEWEST_TESTS)"
 
 lint: $(SETUP)
 	$(PY) -m ruff check resflax experiments tests
@@ -73,10 +98,10 @@ zoo: $(SETUP)
 # Performance (experiments/results/{train_step,memory,loop_overhead,products}.md); ~30 min on 2 cores.
 bench: bench-step bench-memory bench-loop bench-products
 
-bench-step: .venv/.installed-convert
+bench-step: $(VENV)/.installed-convert
 	$(PY) experiments/benchmarks/cpu/train_step.py
 
-bench-products: .venv/.installed-convert
+bench-products: $(VENV)/.installed-convert
 	$(PY) experiments/benchmarks/micro/products.py
 	$(PY) experiments/benchmarks/micro/products.py --cores 1
 
@@ -93,4 +118,4 @@ bench-input: $(SETUP)
 	$(PY) -m experiments.benchmarks.cpu.input_pipeline --out experiments/results/input_pipeline.md
 
 clean:
-	rm -rf .venv .pytest_cache .ruff_cache $(KERNELS)
+	rm -rf $(VENV) .pytest_cache .ruff_cache resflax/kernels/_onednn_conv*.so

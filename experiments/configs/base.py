@@ -57,7 +57,7 @@ def get_config() -> config_dict.ConfigDict:
             name="auto",
             conv=placeholder(str),  # lax | dot | canonical | onednn
             stem_conv=placeholder(str),  # lax | space_to_depth
-            norm=placeholder(str),  # flax | closed | closed_pallas
+            norm=placeholder(str),  # flax | closed
             fuse_relu=placeholder(bool),
             act=placeholder(str),  # relu | relu_stored
             pool=placeholder(str),  # lax | phases

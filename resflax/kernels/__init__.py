@@ -5,14 +5,16 @@
 Built by `make install` (`python -m resflax.kernels.build`); importing resflax never needs
 them.
 
-`channel_sums`: BatchNorm's per-channel sums as a Pallas (Triton) kernel for GPUs
-(`Ops(norm="closed_pallas")`; measured, not picked by `auto()`). Nothing to build: Pallas
-compiles it.
+(A Pallas kernel for BatchNorm's sums on GPUs lived here until 2026-12: 2% slower than XLA's
+sums on an H200, and written for the Triton backend jax 0.12 deprecates.)
 """
 
+import sysconfig
 from pathlib import Path
 
 # Here rather than in `build`, so that `python -m resflax.kernels.build` runs a module that
 # `import resflax` has not imported already.
 SOURCE = Path(__file__).resolve().parent / "onednn_conv.cc"
-LIBRARY = SOURCE.with_name("_onednn_conv.so")
+# Named as a compiled extension is (`.cpython-311-x86_64-linux-gnu.so`): each interpreter's
+# environment builds its own (against its jaxlib and its oneDNN) beside the others.
+LIBRARY = SOURCE.with_name("_onednn_conv" + sysconfig.get_config_var("EXT_SUFFIX"))

@@ -1,11 +1,13 @@
 """Compile the CPU kernels: `python -m resflax.kernels.build` (run by `make install`).
 
-Needs a C++17 compiler, jaxlib's FFI headers (shipped with jaxlib), oneDNN's headers
-(`onednn-devel`, installed without its dependencies: it would pull a second, SYCL build of
-the library) and oneDNN's CPU library with GNU OpenMP (`onednn-cpu-gomp`), both from pip
-into this environment's prefix. Where the library is missing (it is published for Linux
-x86-64 only) nothing is built and convolutions stay XLA's; exit status 0 either way unless
-the compiler fails.
+Needs a C++17 compiler, jaxlib's FFI headers (shipped with jaxlib), and oneDNN's CPU library
+with GNU OpenMP (`onednn-cpu-gomp`) with the headers of the same release
+(`onednn-devel-cpu-gomp`), both from pip into this environment's prefix (resflax's
+dependencies on Linux x86-64). The library is written beside this file, named with the
+interpreter's extension suffix (`_onednn_conv.cpython-311-x86_64-linux-gnu.so`), so that
+environments of several Pythons can share one checkout. Where the library is missing (it is
+published for Linux x86-64 only) nothing is built and convolutions stay XLA's; exit status 0
+either way unless the compiler fails.
 """
 
 from __future__ import annotations
@@ -40,7 +42,10 @@ def missing() -> str | None:
     if not (lib / DNNL).exists():
         return f"oneDNN's library ({lib / DNNL}) is not installed (pip: onednn-cpu-gomp)"
     if not (include / "oneapi" / "dnnl" / "dnnl.h").exists():
-        return f"oneDNN's headers ({include}/oneapi/dnnl) are not installed (pip: onednn-devel)"
+        return (
+            f"oneDNN's headers ({include}/oneapi/dnnl) are not installed "
+            "(pip: onednn-devel-cpu-gomp)"
+        )
     if shutil.which(compiler()) is None:
         return f"no C++ compiler ({compiler()}; set CXX)"
     return None

@@ -57,10 +57,19 @@ def _library() -> ctypes.CDLL:
     return lib
 
 
+def _dotted(v: int) -> str:
+    return f"{v // 10000}.{v // 100 % 100}.{v % 100}"
+
+
 def version() -> str:
     """oneDNN's version as the loaded library reports it, e.g. "3.2.0"."""
-    v = _library().ResflaxOnednnVersion()
-    return f"{v // 10000}.{v // 100 % 100}.{v % 100}"
+    return _dotted(_library().ResflaxOnednnVersion())
+
+
+def compiled_version() -> str:
+    """The version of the oneDNN headers the kernels were compiled against: must equal
+    `version()` (the headers fix the layout of what is passed to the library)."""
+    return _dotted(_library().ResflaxOnednnCompiledVersion())
 
 
 Padding = tuple[tuple[int, int], tuple[int, int]]

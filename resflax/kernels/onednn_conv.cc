@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "oneapi/dnnl/dnnl.h"
+#include "oneapi/dnnl/dnnl_version.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -283,4 +284,10 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(ResflaxOnednnConv, Conv,
 extern "C" int ResflaxOnednnVersion() {
   const dnnl_version_t* v = dnnl_version();
   return v->major * 10000 + v->minor * 100 + v->patch;
+}
+
+// The oneDNN version whose headers this file was compiled against: structs and enums are
+// laid out as those headers say, so it must equal the library's (tests/kernels/test_onednn.py).
+extern "C" int ResflaxOnednnCompiledVersion() {
+  return DNNL_VERSION_MAJOR * 10000 + DNNL_VERSION_MINOR * 100 + DNNL_VERSION_PATCH;
 }

@@ -17,7 +17,7 @@ from jax import lax
 Array = jax.Array
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7))
+@partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
 def batch_norm_train(
     x: Array,
     scale: Array,
@@ -25,7 +25,6 @@ def batch_norm_train(
     epsilon: float,
     axis_name: str | None,
     dtype: Any,
-    sums: str = "xla",
     relu: bool = False,
 ) -> tuple[Array, Array, Array]:
     """Training-mode BatchNorm over every axis but the last: `(y, mean, var)`.
@@ -39,25 +38,24 @@ def batch_norm_train(
     several reductions per layer (for the mean, the variance and the affine parameters), and
     BatchNorm's passes over memory are what bound a ResNet train step once the convolutions
     run at speed. With `axis_name` the sums (and so the statistics and their gradients) are
-    over that mapped axis too, as Flax's synchronised BatchNorm. `sums="pallas"` computes the
-    per-channel sums of both passes with `resflax.kernels.channel_sums` (GPU; the same sums).
+    over that mapped axis too, as Flax's synchronised BatchNorm. (A Pallas kernel for the sums
+    was measured 2% slower than XLA's reductions on an H200 and removed:
+    experiments/results/gpu_train_step.md.)
 
     `relu=True` returns `relu(y)`, and the backward pass masks the incoming gradient itself,
     recomputing the sign of the normalised value from `x`, which it reads anyway: the ReLU's
     output is then not read again to mask the gradient, one pass fewer over each BatchNorm-ReLU
     activation in each of the backward pass's two sweeps.
     """
-    y, mean, var, _ = _bn_forward(x, scale, bias, epsilon, axis_name, dtype, sums, relu)
+    y, mean, var, _ = _bn_forward(x, scale, bias, epsilon, axis_name, dtype, relu)
     return y, mean, var
 
 
-def _sums(a: Array, b: Array | None, sums: str) -> tuple[Array, Array]:
-    """`(sum a, sum a b)` over every axis but the last, float32 (`b=None`: b = a)."""
-    from resflax.kernels import channel_sums
-
-    if sums == "pallas":
-        return channel_sums.channel_sums(a, b)
-    return channel_sums.xla_sums(a, a if b is None else b)
+def _sums(a: Array, b: Array) -> tuple[Array, Array]:
+    """`(sum a, sum a b)` over every axis but the last, in float32 (or wider)."""
+    axes = tuple(range(a.ndim - 1))
+    af = a.astype(jnp.promote_types(a.dtype, jnp.float32))
+    return af.sum(axes), (af * b.astype(af.dtype)).sum(axes)
 
 
 def _channels(v: Array, ndim: int) -> Array:
@@ -84,10 +82,10 @@ def _normalise(xf, mean, inv, scale, bias):
     return (xf - _channels(mean, d)) * _channels(inv * scale, d) + _channels(bias, d)
 
 
-def _bn_forward(x, scale, bias, epsilon, axis_name, dtype, sums, relu):
+def _bn_forward(x, scale, bias, epsilon, axis_name, dtype, relu):
     n = batch_count(x, axis_name)
     xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-    s1, s2 = _psum(_sums(x, None, sums), axis_name)
+    s1, s2 = _psum(_sums(x, x), axis_name)
     mean = s1 / n
     raw_var = s2 / n - mean * mean
     var = jnp.maximum(0.0, raw_var)
@@ -98,12 +96,12 @@ def _bn_forward(x, scale, bias, epsilon, axis_name, dtype, sums, relu):
     return y, mean, var, (raw_var > 0).astype(inv.dtype)
 
 
-def _bn_fwd(x, scale, bias, epsilon, axis_name, dtype, sums, relu):
-    y, mean, var, active = _bn_forward(x, scale, bias, epsilon, axis_name, dtype, sums, relu)
+def _bn_fwd(x, scale, bias, epsilon, axis_name, dtype, relu):
+    y, mean, var, active = _bn_forward(x, scale, bias, epsilon, axis_name, dtype, relu)
     return (y, mean, var), (x, scale, bias, mean, var, active)
 
 
-def _bn_bwd(epsilon, axis_name, dtype, sums, relu, residuals, cotangents):
+def _bn_bwd(epsilon, axis_name, dtype, relu, residuals, cotangents):
     x, scale, bias, mean, var, active = residuals
     g, g_mean, g_var = cotangents
     n = batch_count(x, axis_name)
@@ -117,7 +115,7 @@ def _bn_bwd(epsilon, axis_name, dtype, sums, relu, residuals, cotangents):
     # sum(g (x - mean)) as sum(g x) - mean sum(g), and dx below from x itself: XLA:CPU stored
     # `x - mean` for the reduction, a pass over each activation (ResNet-50: 0.17 s a step).
     # The rounding is that of the centred form, whose float32 mean is itself rounded.
-    local_g, local_gx = _sums(g, x, sums)
+    local_g, local_gx = _sums(g, x)
     local_gc = local_gx - mean * local_g
     # The input's gradient is the whole mapped batch's (the transpose of psum is psum); the
     # parameters' is this shard's, as autodiff gives, for the caller to average.

@@ -23,12 +23,17 @@ CONVS = ("lax", "dot", "canonical", "onednn")
 # stem_conv: the stem's strided first convolution as JAX writes it, or space-to-depth.
 STEM_CONVS = ("lax", "space_to_depth")
 # norm: BatchNorm in training mode as Flax writes it (JAX differentiates it), or the closed-form
-# backward pass (`batchnorm.batch_norm_train`) with XLA's or a Pallas kernel's sums.
-NORMS = ("flax", "closed", "closed_pallas")
+# backward pass (`batchnorm.batch_norm_train`).
+NORMS = ("flax", "closed")
 # act: ReLU as JAX writes it, or stored once behind an optimisation barrier (`act.relu_stored`).
 ACTS = ("relu", "relu_stored")
 # pool: the stem's max-pool gradient as JAX derives it (select-and-scatter), or by phases.
 POOLS = ("lax", "phases")
+# Choices that existed and went, with the reason, for the error a stale command line gets.
+REMOVED = {
+    "closed_pallas": "removed 2026-12: its Pallas kernel ran on the Triton backend, which jax 0.12 "
+    "deprecates, and was 2% slower than XLA's sums on an H200; use 'closed'",
+}
 
 _CHOICES = {
     "conv": CONVS,
@@ -45,8 +50,8 @@ class Ops:
 
     conv: "lax" | "dot" | "canonical" | "onednn" (custom gradients; onednn cannot be exported).
     stem_conv: "lax" | "space_to_depth" (plain JAX; faster with cuDNN).
-    norm: "flax" | "closed" | "closed_pallas" (BatchNorm's backward pass in closed form: a
-        custom VJP, so no forward mode).
+    norm: "flax" | "closed" (BatchNorm's backward pass in closed form: a custom VJP, so no
+        forward mode).
     fuse_relu: with a closed-form norm, a following ReLU runs inside it (its backward pass
         masks the gradient from the input it reads anyway).
     act: "relu" | "relu_stored" (a custom JVP around an optimisation barrier: every
@@ -65,7 +70,8 @@ class Ops:
         for field, valid in _CHOICES.items():
             value = getattr(self, field)
             if value not in valid:
-                raise ValueError(f"ops.{field}={value!r} is not one of {valid}")
+                why = f" ({REMOVED[value]})" if value in REMOVED else ""
+                raise ValueError(f"ops.{field}={value!r} is not one of {valid}{why}")
         if not isinstance(self.fuse_relu, bool):
             raise ValueError(f"ops.fuse_relu={self.fuse_relu!r} must be True or False")
 
@@ -128,12 +134,9 @@ class Ops:
         """The closed-form training BatchNorm, or None for Flax's own."""
         if self.norm == "flax":
             return None
-        from functools import partial
-
         from resflax.ops import batchnorm
 
-        sums = "pallas" if self.norm == "closed_pallas" else "xla"
-        return partial(batchnorm.batch_norm_train, sums=sums)
+        return batchnorm.batch_norm_train
 
     def max_pool(self, x: Any, window: int, stride: int, padding: int) -> Any:
         from resflax.ops import pool

@@ -28,7 +28,7 @@ LEGACY_EXECUTION_FIELDS = {
     "stored_act": "--config.ops.act=relu_stored",
     "stem_s2d": "--config.ops.stem_conv=space_to_depth",
     "bn_grad": "--config.ops.norm=closed (or flax)",
-    "bn_sums": "--config.ops.norm=closed_pallas",
+    "bn_sums": "--config.ops.norm=closed (the Pallas sums were removed)",
     "bn_fuse_relu": "--config.ops.fuse_relu",
 }
 

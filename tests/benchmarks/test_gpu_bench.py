@@ -25,8 +25,8 @@ def test_parse_variant():
     assert gpu_bench.parse_variant("stem_conv=lax,batch=512,conv=dot,fuse_relu=false") == {
         "ops": "stem_conv=lax,conv=dot,fuse_relu=false", "batch": 512, "model": {},
     }  # fmt: skip
-    assert gpu_bench.parse_variant("plain,norm=closed_pallas,remat=TRUE,scan_unroll=2") == {
-        "ops": "plain,norm=closed_pallas", "batch": None,
+    assert gpu_bench.parse_variant("plain,norm=closed,remat=TRUE,scan_unroll=2") == {
+        "ops": "plain,norm=closed", "batch": None,
         "model": {"remat": True, "scan_unroll": 2},
     }  # fmt: skip
     assert gpu_bench.parse_variant("remat=true")["ops"] == "auto"
@@ -39,12 +39,10 @@ def test_parse_variant():
 
 
 def test_gpu_sh_default_variants_parse():
-    """gpu.sh's and gpu_bn_sums.sh's default variants are valid: found here, not on the GPU."""
+    """gpu.sh's default variants are valid: found here, not on the GPU."""
     root = Path(__file__).parents[2] / "experiments/benchmarks/gpu"
-    gpu = (root / "gpu.sh").read_text().split("variants=(", 2)[2].split(")", 1)[0].split()
-    bn = (root / "gpu_bn_sums.sh").read_text().split('"${2:-30}"', 1)[1].split("\n", 1)[0]
-    specs = gpu + bn.split()
-    assert "norm=closed_pallas" in specs and "default" in specs, specs
+    specs = (root / "gpu.sh").read_text().split("variants=(", 2)[2].split(")", 1)[0].split()
+    assert "norm=flax" in specs and "default" in specs, specs
     for spec in specs:
         gpu_bench.parse_variant(spec)
 
@@ -86,34 +84,6 @@ def test_table_mfu_ratio_and_failures(tmp_path):
 )
 def test_kernel_kinds(name, kind):
     assert kernel_kind(name).startswith(kind)
-
-
-def test_bn_sums_shape_table_is_resnet50s(monkeypatch):
-    """bn_sums.py weights each shape by its count: every BatchNorm of ResNet-50's train step
-    under a closed-form policy (whose sums it times)."""
-    from collections import Counter
-
-    import jax
-    import jax.numpy as jnp
-
-    from experiments.benchmarks.micro.bn_sums import RESNET50_SHAPES
-    from resflax.models import create_model
-    from resflax.ops import Ops, batchnorm
-
-    seen = Counter()
-    forward = batchnorm._bn_forward
-
-    def spy(x, *args):
-        seen[(x.shape[1], x.shape[-1])] += 1
-        return forward(x, *args)
-
-    monkeypatch.setattr(batchnorm, "_bn_forward", spy)
-    model = create_model("resnet50", ops=Ops(norm="closed"))
-    x = jnp.ones((1, 224, 224, 3))
-    v = jax.eval_shape(model.init, jax.random.key(0), x)
-    jax.eval_shape(lambda v: model.apply(v, x, train=True, mutable=["batch_stats"]), v)
-    assert dict(seen) == RESNET50_SHAPES
-    assert sum(RESNET50_SHAPES.values()) == 53
 
 
 def test_gpu_flags_candidates_are_flags_this_jaxlib_knows():

@@ -1,6 +1,6 @@
 """What the execution policy costs, before and after it left the model, in one interleaved run.
 
-    git worktree add /tmp/resflax-before 3b7c9a3 && cp resflax/kernels/_onednn_conv.so \\
+    git worktree add /tmp/resflax-before 3b7c9a3 && cp resflax/kernels/_onednn_conv*.so \\
         /tmp/resflax-before/resflax/kernels/
     python experiments/benchmarks/cpu/ops_policy.py --before /tmp/resflax-before
 

@@ -16,7 +16,7 @@ shift $(($# < 2 ? $# : 2))
 variants=("$@")
 # Each GPU default (auto()) switched off in turn, then a larger batch. (conv=dot aborted XLA's GPU
 # compiler in jax 0.11.2 -- a Triton GEMM-fusion check -- and took the process with it.)
-[ ${#variants[@]} -gt 0 ] || variants=(default fuse_relu=false norm=closed_pallas stem_conv=lax batch=512)
+[ ${#variants[@]} -gt 0 ] || variants=(default fuse_relu=false norm=flax stem_conv=lax batch=512)
 out=${OUT:-/tmp}
 rows=$out/gpu_rows.jsonl
 : > "$rows"

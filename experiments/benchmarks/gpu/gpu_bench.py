@@ -9,7 +9,7 @@ gpu.sh, one process per framework).
 resflax runs as `python -m resflax.main` would: the execution policy resflax.ops.auto() for
 bf16 on this machine. A VARIANT is `default` or comma-separated items: first, optionally, the
 base policy (`auto`, the default, or `plain`: pure JAX); then `field=value` for an `Ops` field
-(`stem_conv=lax`, `norm=closed_pallas`, `fuse_relu=false`), `batch=512`, or any other ResNet
+(`stem_conv=lax`, `norm=flax`, `fuse_relu=false`), `batch=512`, or any other ResNet
 field (`remat=true`). Each prints one JSON row (with the policy it resolved to) as soon as it
 is measured, so a process stopped at its time limit keeps the rows before.
 
