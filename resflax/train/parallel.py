@@ -1,11 +1,17 @@
-"""Data parallelism around the pure step: `jit` over a device mesh (default) or `pmap`.
+"""Data parallelism around the pure step: `jit` over a device mesh (default), `shard_map`
+over the same mesh, or `pmap`.
 
 jit: one `Mesh` with a `data` axis; batches are sharded along it, the state is replicated, and
 XLA inserts the collectives. BatchNorm statistics are over the global batch with no
 `axis_name`, because the model sees the whole (sharded) array.
+shard_map: the same mesh, global arrays and replicated state as jit, but the step is written
+per device: each device runs the pure step on its piece of the batch, the model uses BatchNorm
+`axis_name=AXIS`, gradients are averaged by a `pmean` inside the optimizer's update and metric
+sums are `psum`med. The collectives are the ones written here, not the compiler's choice.
 pmap: the state is replicated with a leading device axis; gradients are averaged by a
 `pmean` placed in front of the optimizer, metric sums are `psum`med, and the model must use
-BatchNorm `axis_name=AXIS` for the same synchronised statistics.
+BatchNorm `axis_name=AXIS` for the same synchronised statistics. Kept for compatibility:
+pmap is in maintenance mode since jax 0.8; shard_map is its successor.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-PARALLEL = ("jit", "pmap")
+PARALLEL = ("jit", "pmap", "shard_map")
 AXIS = "data"
 
 
@@ -33,6 +39,29 @@ def pmean_gradients(axis_name: str = AXIS) -> optax.GradientTransformation:
         return jax.lax.pmean(updates, axis_name), state
 
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def pmean_before(
+    tx: optax.GradientTransformation, axis_name: str = AXIS
+) -> optax.GradientTransformation:
+    """`tx` updating with gradients averaged over `axis_name`. Unlike chaining
+    `pmean_gradients`, it adds no slot to the optimizer state, so the state has jit's exact
+    structure and a checkpoint moves between jit and shard_map."""
+
+    def update(updates, state, params=None):
+        return tx.update(jax.lax.pmean(updates, axis_name), state, params)
+
+    return optax.GradientTransformation(tx.init, update)
+
+
+def _psum_metrics(step: Callable[..., Any]) -> Callable[..., Any]:
+    """The train step on one device, its metric sums added over all devices."""
+
+    def on_device(state, batch):
+        state, sums = step(state, batch)
+        return state, jax.lax.psum(sums, AXIS)
+
+    return on_device
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,9 +78,20 @@ class Parallel:
         return Mesh(np.array(self.devices), (AXIS,))
 
     @property
+    def axis_name(self) -> str | None:
+        """The model's BatchNorm `axis_name`: the step runs per device under pmap and
+        shard_map, so statistics must be averaged over AXIS; jit's model sees the global batch."""
+        return None if self.kind == "jit" else AXIS
+
+    @property
+    def _on_mesh(self) -> bool:
+        # jit and shard_map: the state and batches are global arrays on the mesh.
+        return self.kind != "pmap"
+
+    @property
     def global_devices(self) -> int:
-        """Devices sharing a global batch: the mesh's (jit) or every process's own (pmap)."""
-        return self.num_devices * (jax.process_count() if self.kind == "pmap" else 1)
+        """Devices sharing a global batch: the mesh's, or every process's own (pmap)."""
+        return self.num_devices * (1 if self._on_mesh else jax.process_count())
 
     @property
     def _pmap_devices(self) -> tuple[Any, ...] | None:
@@ -69,12 +109,16 @@ class Parallel:
         return batch_size // n
 
     def wrap_tx(self, tx: optax.GradientTransformation) -> optax.GradientTransformation:
-        return optax.chain(pmean_gradients(), tx) if self.kind == "pmap" else tx
+        """`tx` as this parallelism needs it: under pmap and shard_map each device has only
+        its own gradients, averaged here before the update; jit's are already global."""
+        if self.kind == "pmap":
+            return optax.chain(pmean_gradients(), tx)
+        return pmean_before(tx) if self.kind == "shard_map" else tx
 
     def create_state(self, init: Callable[[jax.Array], Any], key: jax.Array) -> Any:
-        """Builds the state where it lives: from shapes, without a full host copy (jit), or
-        replicated along a leading device axis (pmap)."""
-        if self.kind == "jit":
+        """Builds the state where it lives: from shapes, without a full host copy (on the
+        mesh), or replicated along a leading device axis (pmap)."""
+        if self._on_mesh:
             abstract = jax.eval_shape(init, key)
             replicated = jax.tree_util.tree_map(lambda _: NamedSharding(self.mesh, P()), abstract)
             return jax.jit(init, out_shardings=replicated)(key)
@@ -83,17 +127,17 @@ class Parallel:
         )
 
     def shard_batch(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        """Host batch -> per-device pieces: a sharded global array (jit) or arrays with a
-        leading device axis, which pmap splits over the devices as it runs (pmap)."""
+        """Host batch -> per-device pieces: a sharded global array (on the mesh) or arrays
+        with a leading device axis, which pmap splits over the devices as it runs (pmap)."""
         size = len(next(iter(batch.values())))
-        local = self.num_devices // (jax.process_count() if self.kind == "jit" else 1)
+        local = self.num_devices // (jax.process_count() if self._on_mesh else 1)
         if size % local:
             where = " of this process" if jax.process_count() > 1 else ""
             raise ValueError(
                 f"batch_size={size} is not divisible by the {local} devices{where}; "
                 f"use a multiple of {local}"
             )
-        if self.kind == "jit":
+        if self._on_mesh:
             sharding = NamedSharding(self.mesh, P(AXIS))
             return {
                 k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()
@@ -101,17 +145,29 @@ class Parallel:
         n = self.num_devices
         return {k: np.reshape(v, (n, -1, *np.shape(v)[1:])) for k, v in batch.items()}
 
+    def _per_device(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """`fn(state, batch)` run by every device of the mesh on its piece of the batch, the
+        state replicated; its outputs must be the same on every device (reduced by `fn`)."""
+        # check_vma=False: with the default (True), autodiff already sums the gradient of a
+        # replicated (P()) parameter over the axis (the transpose of its implicit broadcast)
+        # and `pmean` of that summed value is the identity, so the update would use N times
+        # the mean gradient. Off, the step sees each device's own gradient, as under pmap,
+        # and reduces it explicitly; out_specs P() is then trusted, not checked (the parity
+        # test holds it to jit's result). tests/train/test_parallel.py pins both behaviours.
+        return jax.shard_map(
+            fn, mesh=self.mesh, in_specs=(P(), P(AXIS)), out_specs=P(), check_vma=False
+        )
+
     def train_step(self, step: Callable[..., Any]) -> Callable[..., Any]:
         """The pure `step(state, batch) -> (state, metric sums)`, run on all devices. The state
         argument is donated: its buffers are reused for the new state."""
         if self.kind == "jit":
             return jax.jit(step, donate_argnums=0)
-
-        def on_device(state, batch):
-            state, sums = step(state, batch)
-            return state, jax.lax.psum(sums, AXIS)
-
-        pmapped = jax.pmap(on_device, axis_name=AXIS, devices=self._pmap_devices, donate_argnums=0)
+        if self.kind == "shard_map":
+            return jax.jit(self._per_device(_psum_metrics(step)), donate_argnums=0)
+        pmapped = jax.pmap(
+            _psum_metrics(step), axis_name=AXIS, devices=self._pmap_devices, donate_argnums=0
+        )
 
         def run(state, batch):
             state, sums = pmapped(state, batch)
@@ -122,15 +178,20 @@ class Parallel:
     def eval_step(self, step: Callable[..., Any]) -> Callable[..., Any]:
         if self.kind == "jit":
             return jax.jit(step)
-        pmapped = jax.pmap(
-            lambda s, b: jax.lax.psum(step(s, b), AXIS), axis_name=AXIS, devices=self._pmap_devices
-        )
+
+        def summed(state, batch):
+            return jax.lax.psum(step(state, batch), AXIS)
+
+        if self.kind == "shard_map":
+            return jax.jit(self._per_device(summed))
+        pmapped = jax.pmap(summed, axis_name=AXIS, devices=self._pmap_devices)
         return lambda state, batch: _first_copy(pmapped(state, batch))
 
     def replicate(self, state: Any) -> Any:
         """A single copy (restored from a checkpoint, say) placed for this parallelism: as it
-        is under jit (restoring already gave it its shardings), one copy per device under pmap."""
-        if self.kind == "jit":
+        is on the mesh (restoring already gave it its shardings), one copy per device under
+        pmap."""
+        if self._on_mesh:
             return state
         # An unmapped input returned from pmap comes back as one copy per device, placed the
         # way pmap expects its inputs (a broadcast array passed in mapped is not).
@@ -139,7 +200,7 @@ class Parallel:
 
     def unreplicate(self, state: Any) -> Any:
         """A single copy of a (possibly pmap-replicated) state."""
-        return state if self.kind == "jit" else _first_copy(state)
+        return state if self._on_mesh else _first_copy(state)
 
 
 def _first_copy(tree: Any) -> Any:
@@ -148,12 +209,12 @@ def _first_copy(tree: Any) -> Any:
 
 
 def make_parallel(kind: str = "jit", num_devices: int | None = None) -> Parallel:
-    """`kind` "jit" or "pmap" over the first `num_devices` local devices (default: all)."""
+    """`kind` one of PARALLEL over the first `num_devices` local devices (default: all)."""
     if kind not in PARALLEL:
         raise ValueError(f"parallel={kind!r} is not one of {PARALLEL}")
-    # jit spans every process's devices (one global mesh); pmap runs over this process's own
-    # devices, and its collectives reach the other processes' by themselves.
-    devices = jax.devices() if kind == "jit" else jax.local_devices()
+    # jit and shard_map span every process's devices (one global mesh); pmap runs over this
+    # process's own devices, and its collectives reach the other processes' by themselves.
+    devices = jax.local_devices() if kind == "pmap" else jax.devices()
     if num_devices is not None and jax.process_count() > 1:
         raise ValueError(f"num_devices={num_devices} can only be set with a single process")
     if num_devices is not None and not 1 <= num_devices <= len(devices):

@@ -19,7 +19,7 @@ from resflax.train import config as config_lib
 from resflax.train import pretrained, resume
 from resflax.train.checkpoint import Checkpointer
 from resflax.train.optim import make_optimizer, make_schedule, scaled_learning_rate
-from resflax.train.parallel import AXIS, Parallel, make_parallel
+from resflax.train.parallel import Parallel, make_parallel
 from resflax.train.state import make_init
 
 
@@ -102,7 +102,7 @@ def setup(config: Any, workdir: str | Path) -> Run:
     ops = config_lib.resolve_ops(config, parallel.global_devices)
     model = create_model(
         config.model.name, num_classes=data.num_classes, dtype=config.dtype,
-        axis_name=AXIS if config.parallel == "pmap" else None, ops=ops,
+        axis_name=parallel.axis_name, ops=ops,
         **config_lib.model_overrides(config),
     )  # fmt: skip
     steps = config_lib.to_steps(config, data.steps_per_epoch)

@@ -1,5 +1,5 @@
 """The pure train and eval steps. They know nothing of devices: `resflax.train.parallel`
-wraps them with jit + shardings (or pmap) from outside."""
+wraps them with jit + shardings (or shard_map, or pmap) from outside."""
 
 from __future__ import annotations
 
