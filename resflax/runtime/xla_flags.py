@@ -116,9 +116,11 @@ _remat_warned = False
 
 @functools.cache
 def remat_effective() -> bool:
-    """Whether `remat` can save memory in this process. XLA:CPU (jaxlib before 0.12, where it
-    was measured) merges a remat'ed block's recomputation back into the forward pass unless
-    BARRIER_FLAG is in XLA_FLAGS; accelerator compilers keep the barriers themselves."""
+    """Whether `remat` can save memory in this process. Measured, not guessed: XLA:CPU in
+    jaxlib 0.10.2 merges a remat'ed block's recomputation back into the forward pass unless
+    BARRIER_FLAG is in XLA_FLAGS; jaxlib 0.12.0.1 keeps the savings by itself (a compiler probe
+    in tests/runtime/test_xla_flags.py checks this boundary in both of CI's environments;
+    cpu/barrier_flag.py measures it). Accelerator compilers keep the barriers themselves."""
     import jaxlib
 
     if not cpu_only() or tuple(int(p) for p in jaxlib.__version__.split(".")[:2]) >= (0, 12):

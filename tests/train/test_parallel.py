@@ -121,7 +121,9 @@ def test_upstream_a_replicated_key_takes_a_second_dispatch_entry_without_compili
             sizes.append(fold._cache_size())
 
     assert _backend_compiles(calls) == 1
-    assert sizes == [1, 1, 2, 2]
+    # jax 0.10.2 adds the second entry; jax 0.12.0.1 no longer does (both measured in .ci/run's
+    # two environments): counting compiles holds either way.
+    assert sizes in ([1, 1, 2, 2], [1, 1, 1, 1])
 
 
 def test_upstream_shard_map_check_vma_sums_gradients_of_replicated_inputs():
