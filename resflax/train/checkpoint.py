@@ -1,6 +1,6 @@
 """Checkpoints with orbax: the training state, the data position and the run's model
-fingerprint, saved together per step. A workdir holding another model is refused with a clear
-message instead of a shape error deep inside a restore."""
+fingerprint, saved together per step. A workdir holding another model, or a state of another
+structure, is refused with a clear message instead of an error deep inside a restore."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 
-from resflax.train import integrity
+from resflax.train import integrity, tree_layout
 from resflax.train.state import TrainState
+from resflax.train.tree_layout import LayoutMismatch
 
 # Where damaged steps are moved, beside `checkpoints/` (orbax would count them inside it).
 DAMAGED = "damaged_checkpoints"
@@ -130,7 +131,7 @@ class Checkpointer:
             max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True
         )
         handlers = ocp.handlers.DefaultCheckpointHandlerRegistry()
-        state = _state_handler()
+        self._state = state = _state_handler()
         handlers.add("state", ocp.args.PyTreeSave, state)
         handlers.add("state", ocp.args.PyTreeRestore, state)
         for item in ("data", "meta"):
@@ -188,6 +189,24 @@ class Checkpointer:
             ),
         )
 
+    def _stored_as(self, step: int, target: TrainState) -> tuple[dict[str, Any], bool]:
+        """What to restore step `step` into: `target`'s arrays, or their legacy pmap form (True).
+        Decided from the stored tree before any array is read: a tree that is neither means
+        another config or workdir, not damage (`LayoutMismatch`; `restore` moves nothing)."""
+        try:
+            metadata = self._state.metadata(self._step_dir(step) / "state")
+            layout = tree_layout.of_stored(metadata.tree)
+        except Exception as e:  # a missing or malformed array index
+            raise CheckpointDamage(f"its array index is unreadable ({_brief(e)})") from e
+        try:
+            return tree_layout.choose(layout, _restore_target(target))
+        except LayoutMismatch as e:
+            raise LayoutMismatch(
+                f"checkpoint {step} in {self.workdir} holds a state of another structure than "
+                f"this run's ({e}); nothing was moved: resume with the config that wrote it, or "
+                "use another --workdir"
+            ) from None
+
     def _restore_step(self, step: int, target: TrainState) -> tuple[TrainState, dict[str, Any]]:
         """Step `step`, verified; raises `CheckpointDamage` saying what is wrong."""
         if not self._step_dir(step).is_dir():
@@ -197,7 +216,7 @@ class Checkpointer:
         except Exception as e:  # whatever orbax or the JSON parser says
             raise CheckpointDamage(f"its model record is unreadable ({_brief(e)})") from e
         self._compare(meta)
-        stored = _restore_target(target)
+        stored, legacy = self._stored_as(step, target)
         restore_args = ocp.checkpoint_utils.construct_restore_args(stored)
         try:
             saved = self.manager.restore(
@@ -210,7 +229,9 @@ class Checkpointer:
             arrays, position = dict(saved["state"]), dict(saved["data"])
         except Exception as e:  # TensorStore, zstd, pytree or JSON errors
             raise CheckpointDamage(f"it does not read back ({_brief(e)})") from e
-        _verify(arrays, position, meta)
+        _verify(arrays, position, meta)  # against the checksums of the tree as it was saved
+        if legacy:
+            arrays = tree_layout.drop_legacy_slot(arrays)
         key = jax.random.wrap_key_data(arrays.pop("key"), impl=_key_impl(target.key))
         return target.replace(**arrays, key=key), position
 
@@ -221,7 +242,10 @@ class Checkpointer:
 
         A damaged or incomplete step is logged (one line naming it and what is wrong) and, once
         an older intact step is found, moved to `<workdir>/damaged_checkpoints/` (never
-        deleted). When no step is intact, nothing is moved and `CheckpointDamage` says why.
+        deleted). When no step is intact, nothing is moved and `CheckpointDamage` says why. A
+        step whose tree is not `target`'s (another optimizer, say) raises `LayoutMismatch`
+        at once, moving nothing. A step of an older pmap run restores without its extra
+        optimizer slot (`tree_layout.legacy_pmap`).
         """
         damaged: list[tuple[int, str]] = []
         for step in sorted(self.manager.all_steps(), reverse=True):

@@ -9,9 +9,12 @@ per device: each device runs the pure step on its piece of the batch, the model 
 `axis_name=AXIS`, gradients are averaged by a `pmean` inside the optimizer's update and metric
 sums are `psum`med. The collectives are the ones written here, not the compiler's choice.
 pmap: the state is replicated with a leading device axis; gradients are averaged by a
-`pmean` placed in front of the optimizer, metric sums are `psum`med, and the model must use
-BatchNorm `axis_name=AXIS` for the same synchronised statistics. Kept for compatibility:
-pmap is in maintenance mode since jax 0.8; shard_map is its successor.
+`pmean` inside the optimizer's update as under shard_map, metric sums are `psum`med, and the
+model must use BatchNorm `axis_name=AXIS` for the same synchronised statistics. Kept for
+compatibility: pmap is in maintenance mode since jax 0.8; shard_map is its successor.
+
+All three keep one state tree (pmap's copies only add the leading axis, which `replicate` and
+`unreplicate` handle), so a checkpoint written under any of them resumes under any other.
 """
 
 from __future__ import annotations
@@ -31,22 +34,12 @@ PARALLEL = ("jit", "pmap", "shard_map")
 AXIS = "data"
 
 
-def pmean_gradients(axis_name: str = AXIS) -> optax.GradientTransformation:
-    """Averages gradients over a pmap axis; chained in front of the optimizer under pmap."""
-
-    def update(updates, state, params=None):
-        del params
-        return jax.lax.pmean(updates, axis_name), state
-
-    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
-
-
 def pmean_before(
     tx: optax.GradientTransformation, axis_name: str = AXIS
 ) -> optax.GradientTransformation:
-    """`tx` updating with gradients averaged over `axis_name`. Unlike chaining
-    `pmean_gradients`, it adds no slot to the optimizer state, so the state has jit's exact
-    structure and a checkpoint moves between jit and shard_map."""
+    """`tx` updating with gradients averaged over `axis_name`. Unlike chaining an averaging
+    transform in front of `tx` (which older pmap runs did), it adds no slot to the optimizer
+    state: the state has jit's exact structure, so checkpoints move between the drivers."""
 
     def update(updates, state, params=None):
         return tx.update(jax.lax.pmean(updates, axis_name), state, params)
@@ -111,9 +104,7 @@ class Parallel:
     def wrap_tx(self, tx: optax.GradientTransformation) -> optax.GradientTransformation:
         """`tx` as this parallelism needs it: under pmap and shard_map each device has only
         its own gradients, averaged here before the update; jit's are already global."""
-        if self.kind == "pmap":
-            return optax.chain(pmean_gradients(), tx)
-        return pmean_before(tx) if self.kind == "shard_map" else tx
+        return tx if self.kind == "jit" else pmean_before(tx)
 
     def create_state(self, init: Callable[[jax.Array], Any], key: jax.Array) -> Any:
         """Builds the state where it lives: from shapes, without a full host copy (on the

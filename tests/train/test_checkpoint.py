@@ -1,4 +1,7 @@
-"""Save/restore is bitwise, keeps the data position, and refuses a workdir of another model."""
+"""Save/restore is bitwise, keeps the data position, refuses a workdir of another model or a
+state of another structure, and restores an older pmap run's checkpoint."""
+
+import re
 
 import jax
 import jax.numpy as jnp
@@ -9,11 +12,13 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from resflax.models import ResNet
-from resflax.train.checkpoint import Checkpointer
+from resflax.train.checkpoint import DAMAGED, CheckpointDamage, Checkpointer
 from resflax.train.optim import make_optimizer
-from resflax.train.parallel import make_parallel
+from resflax.train.parallel import AXIS, make_parallel
 from resflax.train.state import make_init
 from resflax.train.step import train_step
+from resflax.train.tree_layout import LayoutMismatch
+from tests.saved import tree_hash
 
 TINY = dict(stage_sizes=(1, 1), block="basic", widths=(8, 16), stem="cifar", stem_width=8,
             num_classes=4)  # fmt: skip
@@ -110,3 +115,79 @@ def test_saving_a_state_replicated_on_8_devices_compiles_only_its_checksums(tmp_
     for a, b in zip(jax.tree.leaves(restored.params), jax.tree.leaves(state.params), strict=True):
         np.testing.assert_array_equal(a, b)
         assert a.sharding == b.sharding
+
+
+def _pmean_gradients():
+    """What pmap runs chained in front of the optimizer before it averaged inside the update
+    (resflax.train.tree_layout.legacy_pmap): a transform whose EmptyState added a slot."""
+
+    def update(updates, state, params=None):
+        return jax.lax.pmean(updates, AXIS), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def _legacy_pmap_state():
+    """Two steps of an older pmap run on 2 devices, as it would be saved (one copy)."""
+    par = make_parallel("pmap", 2)
+    tx = make_optimizer("sgd", optax.constant_schedule(0.1), weight_decay=1e-4)
+    model = ResNet(**TINY, axis_name=par.axis_name)
+    state = par.create_state(
+        make_init(model, optax.chain(_pmean_gradients(), tx), (1, 8, 8, 3)), jax.random.key(0)
+    )
+    step = par.train_step(train_step)
+    batch = {"image": jnp.ones((4, 8, 8, 3)), "label": jnp.arange(4), "mask": jnp.ones(4, bool)}
+    for _ in range(2):
+        state, _ = step(state, par.shard_batch(batch))
+    return par.unreplicate(state)
+
+
+def test_an_older_pmap_checkpoint_restores_without_its_empty_optimizer_slot(tmp_path):
+    legacy = _legacy_pmap_state()
+    assert isinstance(legacy.opt_state[0], optax.EmptyState)
+    ckpt = Checkpointer(tmp_path, FINGERPRINT)
+    ckpt.save(legacy, {"epoch": 0, "index": 2})
+    ckpt.wait()
+    init, _ = _state()  # jit's tree, which every driver now restores into
+    restored, position = Checkpointer(tmp_path, FINGERPRINT).restore(
+        jax.eval_shape(init, jax.random.key(1))
+    )
+    assert position == {"epoch": 0, "index": 2} and int(restored.step) == 2
+    assert jax.tree.structure(restored.opt_state) == jax.tree.structure(legacy.opt_state[1])
+    expected = (legacy.params, legacy.batch_stats, legacy.opt_state[1])
+    for a, b in zip(
+        jax.tree.leaves((restored.params, restored.batch_stats, restored.opt_state)),
+        jax.tree.leaves(expected),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(a, b)
+    assert float(jnp.abs(jax.tree.leaves(restored.opt_state)[0]).sum()) > 0  # a trained trace
+
+
+@pytest.mark.parametrize(
+    ("other", "message"),
+    [
+        (
+            dict(widths=(8, 32)),
+            r"batch_stats/stage2/block0/norm1/mean is float32\[16\] there, float32\[32\] here",
+        ),
+        (dict(grad_clip_norm=1.0), r"only in this run's state: opt_state/"),
+    ],
+    ids=["wider_model", "clipping_optimizer"],
+)
+def test_a_state_of_another_structure_is_refused_in_one_line_and_nothing_moved(
+    tmp_path, other, message
+):
+    _, state = _state()
+    ckpt = Checkpointer(tmp_path, FINGERPRINT, async_save=False)
+    ckpt.save(state, {"epoch": 0, "index": 2})
+    ckpt.save(state.replace(step=state.step + 1), {"epoch": 0, "index": 3})
+    before = tree_hash(tmp_path)
+    clip = other.pop("grad_clip_norm", None)
+    tx = make_optimizer("sgd", optax.constant_schedule(0.1), weight_decay=1e-4, grad_clip_norm=clip)
+    init = make_init(ResNet(**{**TINY, **other}), tx, (1, 8, 8, 3))
+    with pytest.raises(LayoutMismatch, match=r"checkpoint 3 in .* of another structure") as e:
+        Checkpointer(tmp_path, FINGERPRINT).restore(jax.eval_shape(init, jax.random.key(0)))
+    assert re.search(message, str(e.value)), str(e.value)
+    assert "\n" not in str(e.value) and not isinstance(e.value, CheckpointDamage)
+    assert tree_hash(tmp_path) == before and not (tmp_path / DAMAGED).exists()

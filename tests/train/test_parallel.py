@@ -48,10 +48,13 @@ def test_jit8_shard_map8_pmap8_and_one_device_agree_after_three_steps():
     for kind in ("jit", "shard_map", "pmap"):
         state, sums, evals = _train(kind, 8)
         assert int(state.step) == 3
+        # One optimizer state tree for every driver (no slot for the gradient averaging), so
+        # checkpoints interchange; the static apply_fn and tx differ and are not compared.
+        assert jax.tree.structure(state.opt_state) == jax.tree.structure(ref_state.opt_state)
         for ours, ref in [
             (state.params, ref_state.params),
             (state.batch_stats, ref_state.batch_stats),
-            (state.opt_state[-1] if kind == "pmap" else state.opt_state, ref_state.opt_state),
+            (state.opt_state, ref_state.opt_state),
             (sums, ref_sums),
             (evals, ref_eval),
         ]:

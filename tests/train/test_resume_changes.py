@@ -8,7 +8,9 @@ import shutil
 import pytest
 
 from resflax.train import resume
+from resflax.train.checkpoint import DAMAGED, CheckpointDamage
 from resflax.train.loop import train_and_evaluate
+from resflax.train.tree_layout import LayoutMismatch
 from tests.saved import tree_hash
 from tests.train.test_loop import small_config
 
@@ -83,3 +85,22 @@ def test_every_may_change_pattern_matches_a_config_key():
                    for k in keys), pattern  # fmt: skip
     for key in resume.NEVER:
         assert key in keys and not resume.may_change(key)
+
+
+def test_a_named_change_that_gives_the_state_another_tree_is_refused_not_taken_for_damage(
+    stopped, tmp_path
+):
+    """Clipping adds an optimizer slot: the checkpoint cannot restore into the new state. One
+    line naming the difference, and no step is moved aside as damaged."""
+    work = _copy(stopped, tmp_path)
+    before = tree_hash(work)
+    change = {
+        "optimizer.grad_clip_norm": 1.0,
+        "allow_changes_on_resume": "optimizer.grad_clip_norm",
+    }
+    with pytest.raises(
+        LayoutMismatch, match=r"checkpoint 2 .* only in this run's state: opt_s"
+    ) as e:
+        train_and_evaluate(small_config(**RUN, **change), work)
+    assert "\n" not in str(e.value) and not isinstance(e.value, CheckpointDamage)
+    assert tree_hash(work) == before and not (work / DAMAGED).exists()
