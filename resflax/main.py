@@ -18,10 +18,16 @@ import logging as std_logging
 import sys
 from typing import Any
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+from resflax import extras
 
-from resflax import cli, cli_flags
+# Before absl and ml_collections, which the train extra installs: without it, one line naming
+# the extra (exit status 1) rather than a traceback.
+extras.require("train", "python -m resflax.main", command_line=__name__ == "__main__")
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from resflax import cli, cli_flags  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Training config file, with an optional ':argument'.", lock_config=True

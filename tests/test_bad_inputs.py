@@ -278,7 +278,11 @@ CASES = [
      ["code_zip.pth: refused by torch.load(weights_only=True)", "it holds a pickled",
       "could run code"]),
     ("pth_without_torch", "convert", [*CONVERT, "--src={w}/garbage.pth"],
-     ["garbage.pth'", "needs torch, which is not installed", "make install-convert"]),
+     ["garbage.pth'", "needs torch, which is not installed", "pip install 'resflax[convert]'",
+      "make install-convert"]),
+    ("safetensors_without_safetensors", "convert", [*CONVERT, "--src={w}/full.safetensors"],
+     ["full.safetensors'", "needs safetensors, which is not installed",
+      "pip install 'resflax[convert]'"]),
     ("weights_missing", "convert", [*CONVERT, "--src={w}/nope.pth"],
      ["weights file", "nope.pth' does not exist"]),
     ("weights_format", "convert", [*CONVERT, "--src={w}/w.npz"],
@@ -350,6 +354,9 @@ def test_bad_input_is_one_line_naming_it(program, args, words, inputs, tmp_path,
         pytest.importorskip("torch")
     if name == "pth_without_torch":
         monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` fails, as without it
+    if name == "safetensors_without_safetensors":
+        for module in ("safetensors", "safetensors.numpy"):
+            monkeypatch.setitem(sys.modules, module, None)
     if name == "workdir_read_only":
         (tmp_path / "read_only").mkdir(mode=0o500)
     monkeypatch.delenv("RESFLAX_DEBUG", raising=False)
