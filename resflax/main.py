@@ -4,7 +4,9 @@
     python -m resflax.main --config=experiments/configs/cifar10.py:resnet56 --workdir=runs/x \\
         --config.num_steps=1000
 
-The config is locked: overriding a key that does not exist is an error. Exit status: 0 when
+The config is locked: overriding a key that does not exist is an error. `--config.num_steps`
+or `--config.num_epochs` replaces the recipe's length, whichever unit it was written in
+(`none` clears one; numbers for both are an error). Needs the `train` extra. Exit status: 0 when
 finished or preempted (SIGTERM; run again to resume), 1 on a bad config or input, 2 on
 divergence (non-finite loss). Every failure is one line on stderr, `resflax: error: ...`,
 naming the bad value or file and what would be valid; the config, the workdir and the data are
@@ -63,11 +65,18 @@ def _parse_flags(argv: list[str]) -> list[str]:
         # Before absl loads it, which defers a missing file's error and prints a bad one's
         # traceback.
         cli_flags.check_config_file(cli_flags.config_argument(argv))
-        return flags.FLAGS(argv)
+        kept, cleared = cli_flags.take_length_none(argv)
+        rest = flags.FLAGS(kept)
     except Exception as e:  # every failure is one line (RESFLAX_DEBUG re-raises)
         if cli.debug():
             raise
         cli.fail(cli_flags.explain(e, argv))
+    try:
+        # num_epochs or num_steps given on the command line replaces the recipe's length.
+        cli_flags.settle_length(_CONFIG.value, cleared)
+    except ValueError as e:
+        cli.fail(e)
+    return rest
 
 
 def _config() -> Any:
