@@ -31,17 +31,19 @@ SRC   ?=
 # make test TESTS="tests/models tests/train/test_step.py" runs a part of the suite.
 TESTS ?=
 
-.PHONY: install install-convert train finetune sweep test test-newest lint zoo bench bench-step bench-memory bench-products \
+.PHONY: install install-convert train finetune sweep test test-newest test-core lint zoo bench bench-step bench-memory bench-products \
 	bench-loop bench-compile bench-input clean
 
 install: $(SETUP)
 
-# oneDNN's headers come from the same release as its library (onednn-devel-cpu-gomp pins
-# onednn-cpu-gomp; tests/kernels/test_onednn.py checks the two versions agree).
+# What the targets need: the models (the core), the train extra (training, data, sweeps, the
+# oneDNN kernels) and the test extra. oneDNN's headers come from the same release as its
+# library (onednn-devel-cpu-gomp pins onednn-cpu-gomp; tests/kernels/test_onednn.py checks the
+# two versions agree).
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[train,test]'
 	touch $(STAMP)
 
 $(KERNELS): resflax/kernels/onednn_conv.cc resflax/kernels/build.py $(STAMP)
@@ -52,7 +54,7 @@ $(KERNELS): resflax/kernels/onednn_conv.cc resflax/kernels/build.py $(STAMP)
 install-convert: $(VENV)/.installed-convert
 
 $(VENV)/.installed-convert: $(SETUP)
-	$(PY) -m pip install --quiet -e '.[test,convert]'
+	$(PY) -m pip install --quiet -e '.[train,test,convert]'
 	touch $@
 
 train: $(SETUP)
@@ -87,6 +89,15 @@ test-newest:
 	if [ -z "$$py" ]; then echo "make test-newest: no Python 3.12+ on PATH or in pyenv"; exit 1; fi; \
 	echo "make test-newest: $$py ($$($$py --version)) in $(NEWEST_VENV)"; \
 	$(MAKE) --no-print-directory test VENV=$(NEWEST_VENV) PYTHON="$$py" TESTS="$(NEWEST_TESTS)"
+
+# `pip install resflax` (no extras) is enough for the models: builds the wheel (checking its
+# metadata and build log), installs it alone into a new venv under the test's tmp folder (the
+# packages from the registries, through pip's cache) and runs models and README's reuse
+# example there (tests/test_packaging.py). About 2 minutes, so not part of `make test`;
+# .ci/run runs it.
+test-core: $(SETUP)
+	RESFLAX_TEST_CORE_INSTALL=1 XLA_FLAGS="$(XLA_TEST_FLAGS)" $(PY) -m pytest -q -rs --durations=3 \
+	  tests/test_packaging.py::test_the_core_install_is_enough_for_the_models
 
 lint: $(SETUP)
 	$(PY) -m ruff check resflax experiments tests

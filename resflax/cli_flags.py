@@ -213,3 +213,61 @@ def explain(error: BaseException, argv: Sequence[str]) -> str:
         lines = [line for line in str(error).splitlines() if not line.startswith("Pass --help")]
         return flatten("\n".join(lines))
     return describe(inner)
+
+
+# A run's length: a recipe sets one of these, and setting one on the command line clears the
+# other (`--config.num_steps=12` on a recipe written in epochs runs 12 steps).
+LENGTH_KEYS = ("num_epochs", "num_steps")
+_LENGTH = re.compile(r"--?config\.(num_epochs|num_steps)(?:=(.*))?")
+
+
+def take_length_none(argv: Sequence[str]) -> tuple[list[str], set[str]]:
+    """`argv` without `--config.num_epochs=none` / `--config.num_steps=none` (any case, with '='
+    or as two arguments; absl would read 'none' as a number and fail), and the keys those
+    clear. A later number for the same key wins over an earlier `none`, as the last value
+    of a flag does."""
+    kept, cleared, i = [], set(), 0
+    while i < len(argv):
+        match = _LENGTH.fullmatch(argv[i])
+        if match is None:
+            kept.append(argv[i])
+            i += 1
+            continue
+        key, inline = match.groups()
+        value = inline if inline is not None else argv[i + 1] if i + 1 < len(argv) else ""
+        if value.lower() == "none":
+            cleared.add(key)
+            i += 1 if inline is not None else 2
+            continue
+        cleared.discard(key)
+        kept.append(argv[i])
+        i += 1
+    return kept, cleared
+
+
+def settle_length(config: Any, cleared: set[str]) -> None:
+    """Applies the command line's length to the loaded `config`: the keys in `cleared` become
+    None, and a key given a number there clears the other one (the recipe's). Numbers for both
+    there are an error: which one should win is not clear."""
+    from absl import flags
+    from ml_collections import ConfigDict
+
+    if not isinstance(config, ConfigDict):
+        return  # reported as such when the config is read
+    for key in sorted(cleared):
+        unknown = _unknown_key(config, key)
+        if unknown:
+            raise ValueError(unknown)
+    given = {k for k in LENGTH_KEYS if f"config.{k}" in flags.FLAGS
+             and flags.FLAGS[f"config.{k}"].present} - cleared  # fmt: skip
+    if len(given) == 2:
+        raise ValueError(
+            f"--config.num_epochs={config.num_epochs} and --config.num_steps={config.num_steps} "
+            "both given; give one: it replaces the recipe's length, in either unit"
+        )
+    for key in cleared:
+        config[key] = None
+    for key in given:
+        other = LENGTH_KEYS[1 - LENGTH_KEYS.index(key)]
+        if other in config:
+            config[other] = None

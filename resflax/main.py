@@ -4,7 +4,9 @@
     python -m resflax.main --config=experiments/configs/cifar10.py:resnet56 --workdir=runs/x \\
         --config.num_steps=1000
 
-The config is locked: overriding a key that does not exist is an error. Exit status: 0 when
+The config is locked: overriding a key that does not exist is an error. `--config.num_steps`
+or `--config.num_epochs` replaces the recipe's length, whichever unit it was written in
+(`none` clears one; numbers for both are an error). Needs the `train` extra. Exit status: 0 when
 finished or preempted (SIGTERM; run again to resume), 1 on a bad config or input, 2 on
 divergence (non-finite loss). Every failure is one line on stderr, `resflax: error: ...`,
 naming the bad value or file and what would be valid; the config, the workdir and the data are
@@ -18,10 +20,16 @@ import logging as std_logging
 import sys
 from typing import Any
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+from resflax import extras
 
-from resflax import cli, cli_flags
+# Before absl and ml_collections, which the train extra installs: without it, one line naming
+# the extra (exit status 1) rather than a traceback.
+extras.require("train", "python -m resflax.main", command_line=__name__ == "__main__")
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from resflax import cli, cli_flags  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Training config file, with an optional ':argument'.", lock_config=True
@@ -57,11 +65,18 @@ def _parse_flags(argv: list[str]) -> list[str]:
         # Before absl loads it, which defers a missing file's error and prints a bad one's
         # traceback.
         cli_flags.check_config_file(cli_flags.config_argument(argv))
-        return flags.FLAGS(argv)
+        kept, cleared = cli_flags.take_length_none(argv)
+        rest = flags.FLAGS(kept)
     except Exception as e:  # every failure is one line (RESFLAX_DEBUG re-raises)
         if cli.debug():
             raise
         cli.fail(cli_flags.explain(e, argv))
+    try:
+        # num_epochs or num_steps given on the command line replaces the recipe's length.
+        cli_flags.settle_length(_CONFIG.value, cleared)
+    except ValueError as e:
+        cli.fail(e)
+    return rest
 
 
 def _config() -> Any:

@@ -7,7 +7,8 @@ bridge leaves out: NNX's `model.train()` / `model.eval()` switch (a bare `ToNNX`
 `use_running_average` attribute, so `eval()` would silently do nothing) and the `mutable=` that
 linen needs for BatchNorm to update its statistics in train mode.
 
-Not imported by `import resflax`: `flax.nnx` pulls in optax.
+Not imported by `import resflax`: `flax.nnx` pulls in optax (which flax requires, so the core
+install has it; without it, importing this module is one line naming the extra that pins it).
 
     from flax import nnx
     from resflax.nnx import create_model, train_step
@@ -24,12 +25,19 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 from flax.traverse_util import flatten_dict, unflatten_dict
 
+from resflax import extras
+from resflax.losses import cross_entropy, metric_sums
 from resflax.models import registry
 from resflax.models.resnet import ResNet
-from resflax.train.losses import cross_entropy, metric_sums
+
+try:
+    from flax import nnx
+except ImportError as e:  # flax.nnx imports optax (flax requires it; a --no-deps install may not)
+    if e.name is None or e.name.split(".")[0] != "optax":
+        raise
+    raise extras.MissingExtra(extras.message("train", "resflax.nnx", ["optax"])) from None
 
 Batch = Mapping[str, jax.Array]
 # Variables do not depend on the image size: 32x32 is the smallest input that every registered

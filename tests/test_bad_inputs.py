@@ -179,8 +179,10 @@ CASES = [
      ["eval_batch_size=12 is not divisible by the 8 devices", "8 or 16"]),
     ("num_devices", "main", [DIGITS, W, "--config.num_devices=100"],
      ["num_devices=100 must be in [1, 8]"]),
-    ("epochs_and_steps", "main", [DIGITS, W, "--config.num_epochs=2"],
-     ["set exactly one of num_epochs=2.0 and num_steps=600"]),
+    ("epochs_and_steps", "main", [DIGITS, W, "--config.num_epochs=2", "--config.num_steps=10"],
+     ["--config.num_epochs=2.0 and --config.num_steps=10 both given; give one"]),
+    ("neither_epochs_nor_steps", "main", [DIGITS, W, "--config.num_steps=none"],
+     ["set exactly one of num_epochs=None and num_steps=None"]),
     ("warmup_past_the_end", "main", [DIGITS, W, "--config.num_steps=10"],
      ["schedule.warmup=50 steps must be below num_steps=10"]),
     ("digits_num_classes", "main", [DIGITS, W, "--config.data.num_classes=5"],
@@ -278,7 +280,11 @@ CASES = [
      ["code_zip.pth: refused by torch.load(weights_only=True)", "it holds a pickled",
       "could run code"]),
     ("pth_without_torch", "convert", [*CONVERT, "--src={w}/garbage.pth"],
-     ["garbage.pth'", "needs torch, which is not installed", "make install-convert"]),
+     ["garbage.pth'", "needs torch, which is not installed", "pip install 'resflax[convert]'",
+      "make install-convert"]),
+    ("safetensors_without_safetensors", "convert", [*CONVERT, "--src={w}/full.safetensors"],
+     ["full.safetensors'", "needs safetensors, which is not installed",
+      "pip install 'resflax[convert]'"]),
     ("weights_missing", "convert", [*CONVERT, "--src={w}/nope.pth"],
      ["weights file", "nope.pth' does not exist"]),
     ("weights_format", "convert", [*CONVERT, "--src={w}/w.npz"],
@@ -350,6 +356,9 @@ def test_bad_input_is_one_line_naming_it(program, args, words, inputs, tmp_path,
         pytest.importorskip("torch")
     if name == "pth_without_torch":
         monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` fails, as without it
+    if name == "safetensors_without_safetensors":
+        for module in ("safetensors", "safetensors.numpy"):
+            monkeypatch.setitem(sys.modules, module, None)
     if name == "workdir_read_only":
         (tmp_path / "read_only").mkdir(mode=0o500)
     monkeypatch.delenv("RESFLAX_DEBUG", raising=False)

@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from resflax.extras import INSTALL
+
 FORMATS = (".safetensors", ".pth", ".pt", ".bin")
 
 
@@ -28,7 +30,7 @@ def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
     except ImportError as e:
         raise ValueError(
             f"weights file {str(path)!r}: reading {path.suffix} needs torch, which is not "
-            "installed: run `make install-convert` (or give a .safetensors file)"
+            f"installed: {INSTALL['convert']}; or give a .safetensors file"
         ) from e
     loaded = _torch_load(torch, path)
     if (
@@ -46,8 +48,13 @@ def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
 
 
 def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
-    from safetensors.numpy import load_file
-
+    try:
+        from safetensors.numpy import load_file
+    except ImportError as e:
+        raise ValueError(
+            f"weights file {str(path)!r}: reading .safetensors needs safetensors, which is not "
+            f"installed: {INSTALL['convert']}, or the train extra"
+        ) from e
     try:
         return dict(load_file(str(path)))
     except Exception as e:  # SafetensorError, or OSError/ValueError for odd files

@@ -28,11 +28,11 @@ import numpy as np
 from absl import logging
 
 from resflax.data.prefetch import Prefetch
+from resflax.losses import averages
 from resflax.runtime import host_memory
 from resflax.train import resume
 from resflax.train import step as step_lib
 from resflax.train.lock import WorkdirLock
-from resflax.train.losses import averages
 from resflax.train.setup import Run, setup
 from resflax.train.writers import MetricWriter, Progress
 

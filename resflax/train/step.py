@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from resflax.train.losses import cross_entropy, metric_sums
+from resflax.losses import cross_entropy, metric_sums
 from resflax.train.state import TrainState
 
 Batch = dict[str, jax.Array]

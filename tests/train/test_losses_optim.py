@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from resflax.train.losses import averages, cross_entropy, metric_sums, topk_correct
+from resflax.losses import averages, cross_entropy, metric_sums, topk_correct
 from resflax.train.optim import decay_mask, make_optimizer, make_schedule, scaled_learning_rate
 
 
