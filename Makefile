@@ -76,13 +76,11 @@ test: $(SETUP)
 # The core of the suite on the newest Python 3.12+ found (.ci/newest-python) with the newest
 # jax the ranges admit, in its own environment (.ci/run runs it after the full suite): the
 # models and their transformations, the ops, the kernels, the process settings, the step, all
-# three parallel drivers, checkpoints, NNX and two command-line runs.
+# three parallel drivers, checkpoints, NNX and one command-line run (make train's job).
 NEWEST_VENV  ?= .venv-newest
 NEWEST_TESTS := tests/models tests/ops tests/kernels tests/runtime tests/test_imports.py \
 	tests/test_nnx.py tests/train/test_step.py tests/train/test_parallel.py \
-	tests/train/test_checkpoint.py tests/train/test_checkpoint_integrity.py \
-	tests/test_main.py::test_resume_in_a_new_process_is_bitwise_equal \
-	tests/test_main.py::test_default_run_reaches_the_accuracy_bar
+	tests/train/test_checkpoint.py tests/test_main.py::test_default_run_reaches_the_accuracy_bar
 
 test-newest:
 	@py="$$(.ci/newest-python)"; \

@@ -36,10 +36,26 @@ BARRIER_FLAG = "--xla_disable_hlo_passes=cse_barrier_expander"
 _LIST_FLAGS = ("xla_disable_hlo_passes",)
 
 
+# The first jaxlib measured not to need BARRIER_FLAG: 0.12.0.1 keeps remat's savings without
+# it, and ResNet-50's step under ops=auto() compiles to the same temporary bytes (2.68 GB) in the
+# same time with and without it; 0.10.2 needs it for both (experiments/results/barrier_flag.md,
+# by experiments/benchmarks/cpu/barrier_flag.py). The compiler probe in
+# tests/runtime/test_xla_flags.py checks the boundary in both of CI's environments.
+BARRIER_UNNEEDED_FROM = (0, 12)
+
+
+def barrier_needed() -> bool:
+    """Whether this jaxlib's XLA:CPU needs BARRIER_FLAG (see BARRIER_UNNEEDED_FROM)."""
+    import jaxlib
+
+    return tuple(int(p) for p in jaxlib.__version__.split(".")[:2]) < BARRIER_UNNEEDED_FROM
+
+
 def cpu_flags(flags: str) -> str:
-    """`flags` plus BARRIER_FLAG where JAX runs on the CPU alone. Accelerator compilers keep
-    barriers until after scheduling by themselves, so where one may run the pass stays on."""
-    return f"{flags} {BARRIER_FLAG}".strip() if cpu_only() else flags
+    """`flags` plus BARRIER_FLAG where JAX runs on the CPU alone and XLA:CPU still deletes
+    barriers early. Accelerator compilers keep barriers until after scheduling by themselves,
+    so where one may run the pass stays on."""
+    return f"{flags} {BARRIER_FLAG}".strip() if cpu_only() and barrier_needed() else flags
 
 
 @functools.cache
@@ -121,9 +137,7 @@ def remat_effective() -> bool:
     BARRIER_FLAG is in XLA_FLAGS; jaxlib 0.12.0.1 keeps the savings by itself (a compiler probe
     in tests/runtime/test_xla_flags.py checks this boundary in both of CI's environments;
     cpu/barrier_flag.py measures it). Accelerator compilers keep the barriers themselves."""
-    import jaxlib
-
-    if not cpu_only() or tuple(int(p) for p in jaxlib.__version__.split(".")[:2]) >= (0, 12):
+    if not cpu_only() or not barrier_needed():
         return True
     return "cse_barrier_expander" in os.environ.get("XLA_FLAGS", "")
 

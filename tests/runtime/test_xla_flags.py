@@ -79,10 +79,19 @@ def test_list_flags_in_the_environment_are_extended_not_replaced():
     assert result == {"added": [], "XLA_FLAGS": BARRIER_FLAG}
 
 
-def test_barrier_flag_only_where_jax_runs_on_the_cpu_alone(monkeypatch):
+def test_barrier_flag_only_where_jax_runs_on_the_cpu_alone_and_xla_needs_it(monkeypatch):
+    import jaxlib
+
+    from resflax.runtime import xla_flags
+
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    monkeypatch.setattr(jaxlib, "__version__", "0.10.2")
+    assert xla_flags.barrier_needed()
     assert cpu_flags(DEFAULT_FLAGS) == f"{DEFAULT_FLAGS} {BARRIER_FLAG}"
     assert cpu_flags("") == BARRIER_FLAG
+    monkeypatch.setattr(jaxlib, "__version__", "0.12.0.1")  # measured not to need it
+    assert cpu_flags(DEFAULT_FLAGS) == DEFAULT_FLAGS
+    monkeypatch.setattr(jaxlib, "__version__", "0.10.2")
     monkeypatch.setenv("JAX_PLATFORMS", "cuda,cpu")
     assert cpu_flags(DEFAULT_FLAGS) == DEFAULT_FLAGS
 

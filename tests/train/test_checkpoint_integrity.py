@@ -14,7 +14,7 @@ from resflax.train import integrity
 from resflax.train.checkpoint import DAMAGED, CheckpointDamage
 from resflax.train.loop import train_and_evaluate
 from tests.saved import metric_lines, saved_state, tree_hash
-from tests.train.test_loop import small_config
+from tests.train.test_loop import small_config, tensorboard_scalars
 
 RUN = dict(num_steps=6, checkpoint_every_steps=2, log_every_steps=2, eval_every_steps=0)
 
@@ -106,6 +106,12 @@ def test_damaged_newest_step_falls_back_and_ends_bitwise_equal(runs, tmp_path, d
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_array_equal(x, y)
     assert metric_lines(work) == metric_lines(runs / "straight")
+    # Step 4 was logged by the first session and again after the fallback: TensorBoard, like
+    # metrics.jsonl, shows it once, with the recomputed value.
+    shown = tensorboard_scalars(work, "train/loss")
+    logged = [(x["step"], x["loss"]) for x in metric_lines(work) if x["split"] == "train"]
+    assert [s for s, _ in shown] == [s for s, _ in logged] == [2, 4, 6]
+    assert [v for _, v in shown] == pytest.approx([v for _, v in logged], rel=1e-6)
 
 
 @pytest.mark.slow

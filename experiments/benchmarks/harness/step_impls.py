@@ -3,13 +3,14 @@ implementation, timed in the process that runs this file:
 
     python experiments/benchmarks/harness/step_impls.py IMPL MODEL BATCH STEPS
 
-IMPL: resflax | resflax_bf16 | resflax_plain | resflax_lib | resflax_lib_auto | flax_example |
-torchvision | torchvision_cl | torchvision_cl_retain | torchvision_cl_bf16 | keras | matmul_jax |
-matmul_torch.
+IMPL: resflax | resflax_bf16 | resflax_no_barrier | resflax_plain | resflax_lib |
+resflax_lib_auto | flax_example | torchvision | torchvision_cl | torchvision_cl_retain |
+torchvision_cl_bf16 | keras | matmul_jax | matmul_torch.
 The resflax implementations differ in the process settings and the execution policy:
 
     resflax          as `python -m resflax.main` runs: the recipe's process settings
                      (resflax.runtime: malloc, XLA:CPU flags) and ops=resflax.ops.auto()
+    resflax_no_barrier  the same without the barrier flag `runtime.cpu_flags` adds
     resflax_plain    the same process settings, ops=resflax.ops.plain() (pure JAX)
     resflax_lib      a library user's defaults: no process settings, create_model(name)
     resflax_lib_auto no process settings, create_model(name, ops=resflax.ops.auto())
@@ -56,14 +57,15 @@ def recipe_flags(name: str) -> str:
     return recipe_config(name).xla_cpu_flags
 
 
-def recipe_setup(name: str) -> dict:
+def recipe_setup(name: str, barrier: bool = True) -> dict:
     """What `python -m resflax.main` sets before JAX starts, for that model's recipe (its
-    process settings); returns them as the CLI's summary.json records them."""
+    process settings); returns them as the CLI's summary.json records them. barrier=False
+    leaves out the barrier flag `cpu_flags` adds (cpu/barrier_flag.py measures what it does)."""
     from resflax.runtime import apply_cpu_flags, apply_host_malloc, cpu_flags
 
     config = recipe_config(name)
     malloc = apply_host_malloc(config.host_malloc)
-    apply_cpu_flags(cpu_flags(config.xla_cpu_flags))
+    apply_cpu_flags(cpu_flags(config.xla_cpu_flags) if barrier else config.xla_cpu_flags)
     return {"host_malloc": malloc, "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
 
@@ -132,11 +134,13 @@ def _jax_step(model, size: int, classes: int, batch: int, steps: int) -> dict:
     return {**out, "compile_s": compile_s, "temp_bytes": int(mem.temp_size_in_bytes)}
 
 
-def _resflax(name: str, batch: int, steps: int, *, process: bool, ops: str | None) -> dict:
+def _resflax(
+    name: str, batch: int, steps: int, *, process: bool, ops: str | None, barrier: bool = True
+) -> dict:
     """process: apply the recipe's process settings first (as the CLI); ops: the policy string
     ("auto", "plain"), or None for none given (`create_model`'s default, plain)."""
     if process:
-        execution = {"process_settings": "recipe", **recipe_setup(name)}
+        execution = {"process_settings": "recipe", **recipe_setup(name, barrier)}
     else:  # nothing from resflax.runtime: malloc and XLA_FLAGS as the process started
         execution = {"process_settings": "none", "xla_flags": os.environ.get("XLA_FLAGS", "")}
     from experiments.benchmarks.harness.common import parse_ops
@@ -158,6 +162,10 @@ def _resflax(name: str, batch: int, steps: int, *, process: bool, ops: str | Non
 
 def resflax(name: str, batch: int, steps: int) -> dict:
     return _resflax(name, batch, steps, process=True, ops="auto")
+
+
+def resflax_no_barrier(name: str, batch: int, steps: int) -> dict:
+    return _resflax(name, batch, steps, process=True, ops="auto", barrier=False)
 
 
 def resflax_plain(name: str, batch: int, steps: int) -> dict:
@@ -278,6 +286,7 @@ def matmul_torch(_: str, __: int, steps: int) -> dict:
 IMPLS = {
     "resflax": resflax,
     "resflax_bf16": resflax,  # with RESFLAX_MODEL_OVERRIDES={"dtype": "bfloat16"}
+    "resflax_no_barrier": resflax_no_barrier,
     "resflax_plain": resflax_plain,
     "resflax_lib": resflax_lib,
     "resflax_lib_auto": resflax_lib_auto,
