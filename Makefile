@@ -32,7 +32,7 @@ SRC   ?=
 TESTS ?=
 
 .PHONY: install install-convert train finetune sweep test test-newest test-core lint zoo bench bench-step bench-memory bench-products \
-	bench-loop bench-compile bench-input clean
+	bench-loop bench-compile bench-input bench-population clean
 
 install: $(SETUP)
 
@@ -122,6 +122,10 @@ bench-loop: $(SETUP)
 
 bench-compile: $(SETUP)
 	$(PY) experiments/benchmarks/cpu/compile_vs_depth.py --out experiments/results/compile.md
+
+# Population training: K = 1, 2, 4, 8 CIFAR ResNet-20/56 members in one step vs one member's.
+bench-population: $(SETUP)
+	$(PY) experiments/benchmarks/population.py
 
 bench-input: $(SETUP)
 	$(PY) -m experiments.benchmarks.cpu.input_pipeline --out experiments/results/input_pipeline.md

@@ -122,6 +122,45 @@ def gmacs(result: dict[str, Any]) -> float:
     return cost(model, (1, *summary["image_shape"])).macs / 1e9
 
 
+def errors(summary: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(best, final) test error in % of a member's summary, each {"mean", "std", "cell"}: a
+    single run's value, or a population's mean ± std over its members that finished (with the
+    best member's error)."""
+    nan = {"mean": float("nan"), "std": 0.0, "cell": "–"}
+    block = summary.get("population")
+    if block is None:
+        out = []
+        for key in ("best_eval", "final_eval"):
+            if summary.get(key):
+                value = 100 * (1 - summary[key]["top1"])
+                out.append({"mean": value, "std": 0.0, "cell": f"{value:.2f}%"})
+            else:
+                out.append(nan)
+        return out[0], out[1]
+    out = []
+    for key in ("best_eval", "final_eval"):
+        stats = block.get(key, {}).get("top1")
+        if not stats:
+            out.append(nan)
+            continue
+        # Errors from accuracies: the mean flips, the std stays, the best is the top accuracy.
+        mean, std, best = 100 * (1 - stats["mean"]), 100 * stats["std"], 100 * (1 - stats["max"])
+        cell = f"{mean:.2f} ± {std:.2f}% (best {best:.2f}%, n={stats['n']})"
+        out.append({"mean": mean, "std": std, "cell": cell})
+    return out[0], out[1]
+
+
+def mean_lines(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A population's metrics lines as one curve: the members' mean top-1 per step and split
+    (a single run's lines as they are)."""
+    if not any("member" in x for x in lines):
+        return lines
+    groups: dict[tuple[int, str], list[float]] = {}
+    for x in lines:
+        groups.setdefault((x["step"], x["split"]), []).append(x["top1"])
+    return [{"step": s, "split": sp, "top1": sum(v) / len(v)} for (s, sp), v in groups.items()]
+
+
 def collect(sweep: dict[str, Any], runs: Path, out: Path) -> str:
     import matplotlib
 
@@ -145,19 +184,19 @@ def collect(sweep: dict[str, Any], runs: Path, out: Path) -> str:
             continue
         results.append(result)
         s = result["summary"]
-        best = 100 * (1 - s["best_eval"]["top1"]) if s.get("best_eval") else float("nan")
-        final = 100 * (1 - s["final_eval"]["top1"]) if s.get("final_eval") else float("nan")
+        best, final = errors(s)
         ref = paper.get(str(member.get("depth", "")), "")
         unfinished = "" if s["status"] == "finished" else f" ({s['status']})"
         paper_cell = (f" {ref:.2f}% |" if ref != "" else " |") if paper else ""
         rows.append(
-            f"| {name} | {s['model']} | {s['num_params']:,} | {gmacs(result):.4g} | {best:.2f}% | "
-            f"{final:.2f}% |{paper_cell} {s['train_seconds']:.0f} s{unfinished} |"
+            f"| {name} | {s['model']} | {s['num_params']:,} | {gmacs(result):.4g} | "
+            f"{best['cell']} | {final['cell']} |{paper_cell} {s['train_seconds']:.0f} s"
+            f"{unfinished} |"
         )
         depth = member.get("depth")
         if depth is not None and s.get("final_eval"):
-            points.append((int(depth), final, ref))
-        curves.append((name, result["lines"]))
+            points.append((int(depth), final["mean"], ref, final["std"]))
+        curves.append((name, mean_lines(result["lines"])))
 
     source = sweep.get("paper_source", "")
     counts = {
@@ -165,11 +204,16 @@ def collect(sweep: dict[str, Any], runs: Path, out: Path) -> str:
         for r in results
         if r["summary"].get("final_eval")
     }
+    sizes = {r["summary"].get("population", {}).get("size", 1) for r in results}
+    seeds = (
+        "with one seed per member, differences of a few examples are noise."
+        if sizes <= {1}
+        else f"each member is a population of {'/'.join(map(str, sorted(sizes)))} (mean ± "
+        "sample std over the members that finished, the best member in brackets; the plot's "
+        "error bars are that std, its curves the members' mean)."
+    )
     resolution = (
-        f" One test example is {100 / min(counts):.2f}% of error: with one seed per member, "
-        "differences of a few examples are noise."
-        if counts
-        else ""
+        f" One test example is {100 / min(counts):.2f}% of error; {seeds}" if counts else ""
     )
     table = "\n".join(
         [
@@ -196,7 +240,8 @@ def collect(sweep: dict[str, Any], runs: Path, out: Path) -> str:
     if points:
         fig, ax = plt.subplots(figsize=(5, 3.5))
         depths = [p[0] for p in points]
-        ax.plot(depths, [p[1] for p in points], "o-", label="measured (final)")
+        ax.errorbar(depths, [p[1] for p in points], yerr=[p[3] for p in points], fmt="o-",
+                    capsize=3, label="measured (final)")  # fmt: skip
         if any(p[2] != "" for p in points):
             ax.plot(depths, [p[2] for p in points], "s--", label=source or "paper")
         ax.set(xlabel="depth (layers)", ylabel="test error (%)", xscale="log", xticks=depths)

@@ -138,6 +138,7 @@ def _unknown_key(config: Any, path: str) -> str | None:
     from ml_collections import ConfigDict
 
     from resflax.train.config import LEGACY_EXECUTION_FIELDS
+    from resflax.train.population import may_vary
 
     node, seen = config, []
     for key in path.split("."):
@@ -148,7 +149,10 @@ def _unknown_key(config: Any, path: str) -> str | None:
             keys = sorted(node.keys())
             close = difflib.get_close_matches(key, keys, n=2)
             elsewhere = [p for p in _paths(config) if p.rsplit(".", 1)[-1] == key]
-            if key in LEGACY_EXECUTION_FIELDS:
+            if seen == ["population"]:
+                hint = (f"; it cannot vary within a population (members share one architecture, "
+                        f"data set and batch); may vary: {may_vary()}")  # fmt: skip
+            elif key in LEGACY_EXECUTION_FIELDS:
                 moved = LEGACY_EXECUTION_FIELDS[key]
                 hint = f"; an execution setting now: {moved} (docs/execution.md)"
             elif close:

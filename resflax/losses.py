@@ -9,10 +9,11 @@ import jax.numpy as jnp
 Array = jax.Array
 
 
-def cross_entropy(logits: Array, labels: Array, label_smoothing: float = 0.0) -> Array:
+def cross_entropy(logits: Array, labels: Array, label_smoothing: float | Array = 0.0) -> Array:
     """Per-example softmax cross-entropy in float32, with optional label smoothing
     (Szegedy et al. 2016: the target puts `label_smoothing / classes` on every class)."""
-    if not 0.0 <= label_smoothing < 1.0:
+    # Checked where it is a number; a traced value (a population member's) was checked as one.
+    if isinstance(label_smoothing, int | float) and not 0.0 <= label_smoothing < 1.0:
         raise ValueError(f"label_smoothing={label_smoothing} must be in [0, 1)")
     logits = logits.astype(jnp.float32)
     num_classes = logits.shape[-1]

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from experiments import sweep as sweep_lib
@@ -92,3 +93,49 @@ def test_tpu_launcher_prints_one_command_per_member(tmp_path):
 def test_unknown_sweep_file_is_one_line(tmp_path):
     done = run_sweep(tmp_path / "nope.py", tmp_path)
     assert done.returncode != 0 and done.stderr.strip().startswith("sweep: error: no sweep file")
+
+
+def _population_member(workdir, depth, top1s):
+    """What a population run leaves for `collect`: its summary, metrics and config."""
+    workdir.mkdir(parents=True)
+    rows = [{"member": k, "status": "finished", "final_eval": {"top1": t}, "best_eval":
+             {"top1": t + 0.01}} for k, t in enumerate(top1s)]  # fmt: skip
+    stats = {"top1": {"mean": float(np.mean(top1s)), "std": float(np.std(top1s, ddof=1)),
+                      "min": min(top1s), "max": max(top1s), "n": len(top1s)}}  # fmt: skip
+    best = {"top1": {k: v + 0.01 if k in ("mean", "min", "max") else v
+                     for k, v in stats["top1"].items()}}  # fmt: skip
+    summary = {
+        "status": "finished", "model": f"resnet{depth}", "num_params": 1000,
+        "num_classes": 10, "image_shape": [8, 8, 1], "train_seconds": 10.0,
+        "final_eval": {"top1": stats["top1"]["mean"], "num_examples": 359},
+        "best_eval": {"top1": max(top1s) + 0.01},
+        "population": {"size": len(top1s), "members": rows, "final_eval": stats,
+                       "best_eval": best},
+    }  # fmt: skip
+    (workdir / "summary.json").write_text(json.dumps(summary))
+    lines = [
+        {"step": s, "split": sp, "member": k, "top1": t}
+        for s in (10, 20) for sp in ("train", "eval") for k, t in enumerate(top1s)
+    ]  # fmt: skip
+    (workdir / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    (workdir / "config.json").write_text(json.dumps({"model": {"name": f"resnet{depth}"}}))
+
+
+def test_a_sweep_of_populations_reports_mean_std_and_best(tmp_path):
+    sweep = {"name": "pops", "config": "experiments/configs/digits.py:resnet{depth}",
+             "members": [{"depth": 20}, {"depth": 32}], "paper_error": {"20": 8.75}}  # fmt: skip
+    _population_member(tmp_path / "runs" / "depth20", 20, [0.90, 0.92, 0.94])
+    _population_member(tmp_path / "runs" / "depth32", 32, [0.95, 0.95])
+    table = sweep_lib.collect(sweep, tmp_path / "runs", tmp_path / "out")
+    # Errors 10, 8, 6 %: mean 8.00, sample std 2.00, best member 6.00.
+    assert "| 8.00 ± 2.00% (best 6.00%, n=3) |" in table
+    assert "| 5.00 ± 0.00% (best 5.00%, n=2) |" in table
+    assert "8.75%" in table and "each member is a population of 2/3" in table
+    for png in ("error_vs_depth.png", "curves.png"):
+        assert (tmp_path / "out" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    curve = sweep_lib.mean_lines(
+        [json.loads(x) for x in (tmp_path / "runs/depth20/metrics.jsonl").read_text().splitlines()]
+    )
+    assert {(x["step"], x["split"]): round(x["top1"], 6) for x in curve} == {
+        (s, sp): 0.92 for s in (10, 20) for sp in ("train", "eval")
+    }

@@ -124,6 +124,26 @@ def get_config() -> config_dict.ConfigDict:
         )
     )
     c.label_smoothing = 0.0
+    # Population training (docs/populations.md): `size` members of this model trained together
+    # in one jitted step (vmap over their states), for seeds with error bars and hyperparameter
+    # sweeps in one program. size None: a single run. Per-member values, a tuple of `size`
+    # (empty: every member takes the base value; seeds default to seed, seed + 1, ...).
+    c.population = config_dict.ConfigDict(
+        dict(
+            size=placeholder(int),
+            seed=(),
+            learning_rate=(),
+            weight_decay=(),
+            momentum=(),
+            label_smoothing=(),
+            # shared: every member trains on the same batches (one input pipeline);
+            # own: member k reads the data in the order of its own seed, as a run would.
+            data_order="shared",
+            # How one step computes the members (the same function; an execution detail):
+            # vmap (batched: GPU/TPU) | map (one after another: CPU) | auto (by backend).
+            batching="auto",
+        )
+    )
 
     c.dtype = "float32"  # float32 | bfloat16 (compute; params, BN stats and loss stay float32)
     c.parallel = "jit"  # jit (Mesh + NamedSharding) | shard_map (per-device step) | pmap

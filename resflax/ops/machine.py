@@ -74,3 +74,12 @@ def auto(
         act="relu_stored" if backend in ("cpu", "gpu") else "relu",
         pool="phases",
     )
+
+
+def population_batching(backend: str | None = None) -> str:
+    """How a population's members are computed in one step (resflax.train.population):
+    "vmap" (one batched program: grouped convolutions and batched products) on GPU and TPU,
+    where one small member leaves the device idle; "map" (the members one after another inside
+    the step, each computed as its own run) on the CPU, whose cores one member already fills and
+    where XLA:CPU's batched forms were slower than K runs (experiments/results/population.md)."""
+    return "map" if (backend or jax.default_backend()) == "cpu" else "vmap"

@@ -170,8 +170,12 @@ class Checkpointer:
             self._compare(meta)
             return
 
-    def save(self, state: TrainState, data_position: dict[str, Any]) -> None:
-        step = int(jax.device_get(state.step))
+    def save(
+        self, state: TrainState, data_position: dict[str, Any], step: int | None = None
+    ) -> None:
+        """Saves `state` as step `step` (default: its own step; a population's, whose members
+        have one counter each, is the loop's)."""
+        step = int(jax.device_get(state.step)) if step is None else step
         arrays = _arrays(state)
         position = dict(data_position)
         # Computed from the arrays being saved, before the (asynchronous) write.

@@ -12,7 +12,7 @@ from resflax.models.resnet import ResNet
 from resflax.ops import Ops, auto, plain
 from resflax.runtime.host_memory import GrowthGuard, check_mode
 from resflax.runtime.xla_flags import parse_flags
-from resflax.train import pretrained
+from resflax.train import population, pretrained
 from resflax.train.optim import OPTIMIZERS, SCHEDULES
 from resflax.train.parallel import PARALLEL
 
@@ -207,6 +207,7 @@ def validate(config: Any) -> None:
     _positive("max_to_keep", config.max_to_keep)
     if config.init_from:
         pretrained.check_not_a_file(config.init_from)
+    population.members(config)
 
 
 def check_batch_sizes(config: Any, devices: int) -> None:

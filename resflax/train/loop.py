@@ -11,6 +11,7 @@ step, saves it and returns normally, so the process exits 0 and the next run res
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import json
@@ -112,6 +113,7 @@ def execution(run: Run) -> dict[str, Any]:
         "parallel": run.config.parallel,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "host_malloc": host_memory.in_effect(),
+        **({} if run.members is None else {"population_batching": run.member_batching}),
     }
 
 
@@ -133,7 +135,9 @@ class Session:
         self.compile_seconds: float | None = None
         self.rates: list[float] = []
         self.last_eval: dict[str, float] | None = None
-        self.window: dict[str, float] = dict(run.loop["window"])
+        # The metric sums since the last log line (a list of them, one per member, for a
+        # population), saved with checkpoints so that a resumed run logs the same averages.
+        self.window: Any = copy.deepcopy(run.loop["window"])
         self.pending: list[tuple[int, Any]] = []
         self.step = run.start
         self.preempted = False
@@ -207,6 +211,10 @@ class Session:
         self.writer.write(self.step, "train", {**scalars, **speed})
         self.window = {}
 
+    def complete(self, summary: dict[str, Any]) -> dict[str, Any]:
+        """The summary as this kind of session reports it (a population adds its members)."""
+        return summary
+
     def evaluate(self) -> dict[str, float]:
         run = self.run
         return evaluate(self.eval_fn, run.state, run.data.make_eval(), run.parallel.shard_batch)
@@ -238,7 +246,7 @@ class Session:
             "execution": execution(run),
             "config": resume.flatten(run.config),
         }
-        run.checkpointer.save(single, position)
+        run.checkpointer.save(single, position, step=self.step)
 
 
 def summarise(run: Run, session: Session) -> dict[str, Any]:
@@ -264,6 +272,7 @@ def summarise(run: Run, session: Session) -> dict[str, Any]:
         "images_per_sec": float(np.median(session.rates)) if session.rates else None,
         "param_digest": param_digest(run.parallel.unreplicate(run.state).params),
     }  # fmt: skip
+    summary = session.complete(summary)
     logging.info("process %d: parameter digest %s", jax.process_index(), summary["param_digest"])
     if run.lead:
         (run.workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -284,6 +293,8 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
             run.steps.total, config.batch_size, run.data.steps_per_epoch,
             f", resuming at step {run.start}" if run.start else "", run.ops.describe(),
         )  # fmt: skip
-        session = Session(run)
+        from resflax.train.population_loop import PopulationSession  # it imports this module
+
+        session = (Session if run.members is None else PopulationSession)(run)
         session.run_steps()
         return summarise(run, session)

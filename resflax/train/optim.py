@@ -8,6 +8,15 @@ from typing import Any
 import jax
 import optax
 
+Number = float | jax.Array
+
+
+def _number(value: Any) -> bool:
+    """A Python number, checked here; an array (a population member's traced setting) was
+    checked as a number where it was given (resflax.train.population)."""
+    return isinstance(value, int | float)
+
+
 OPTIMIZERS = ("sgd", "adamw", "lars")
 SCHEDULES = ("constant", "piecewise", "cosine")
 
@@ -26,7 +35,7 @@ def scaled_learning_rate(base_lr: float, batch_size: int, reference_batch: int |
 def make_schedule(
     kind: str,
     *,
-    learning_rate: float,
+    learning_rate: Number,
     total_steps: int,
     warmup_steps: int = 0,
     boundaries: Sequence[int] = (),
@@ -38,7 +47,7 @@ def make_schedule(
     `end_learning_rate` at `total_steps`), each after an optional linear warmup from 0."""
     if kind not in SCHEDULES:
         raise ValueError(f"schedule={kind!r} is not one of {SCHEDULES}")
-    if not learning_rate > 0:
+    if _number(learning_rate) and not learning_rate > 0:
         raise ValueError(f"learning_rate={learning_rate} must be positive")
     if total_steps <= 0:
         raise ValueError(f"total_steps={total_steps} must be positive")
@@ -79,9 +88,9 @@ def make_optimizer(
     name: str,
     schedule: optax.Schedule,
     *,
-    momentum: float = 0.9,
+    momentum: Number = 0.9,
     nesterov: bool = False,
-    weight_decay: float = 0.0,
+    weight_decay: Number = 0.0,
     decay_norm_and_bias: bool = False,
     grad_clip_norm: float | None = None,
     b1: float = 0.9,
@@ -92,9 +101,9 @@ def make_optimizer(
     ResNet papers), `adamw` (decoupled decay) or `lars` (You et al. 2017, for large batches)."""
     if name not in OPTIMIZERS:
         raise ValueError(f"optimizer={name!r} is not one of {OPTIMIZERS}")
-    if weight_decay < 0:
+    if _number(weight_decay) and weight_decay < 0:
         raise ValueError(f"weight_decay={weight_decay} must be non-negative")
-    if not 0 <= momentum < 1:
+    if _number(momentum) and not 0 <= momentum < 1:
         raise ValueError(f"momentum={momentum} must be in [0, 1)")
     if grad_clip_norm is not None and grad_clip_norm <= 0:
         raise ValueError(f"grad_clip_norm={grad_clip_norm} must be positive (or None)")
@@ -105,7 +114,12 @@ def make_optimizer(
     if name == "sgd":
         tx = optax.chain(
             optax.add_decayed_weights(weight_decay, mask),
-            optax.sgd(schedule, momentum=momentum or None, nesterov=nesterov),
+            # No momentum slot for a Python 0; an array (a population's) always has one.
+            optax.sgd(
+                schedule,
+                momentum=None if _number(momentum) and not momentum else momentum,
+                nesterov=nesterov,
+            ),
         )
     elif name == "adamw":
         tx = optax.adamw(schedule, b1=b1, b2=b2, weight_decay=weight_decay, mask=mask)

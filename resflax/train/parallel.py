@@ -117,10 +117,14 @@ class Parallel:
             np.arange(self.num_devices)
         )
 
-    def shard_batch(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+    def shard_batch(
+        self, batch: dict[str, np.ndarray], *, member_axis: bool = False
+    ) -> dict[str, Any]:
         """Host batch -> per-device pieces: a sharded global array (on the mesh) or arrays
-        with a leading device axis, which pmap splits over the devices as it runs (pmap)."""
-        size = len(next(iter(batch.values())))
+        with a leading device axis, which pmap splits over the devices as it runs (pmap).
+        `member_axis`: a population's batches stacked per member ([K, batch, ...], on the
+        mesh): the batch axis is sharded, the member axis is not."""
+        size = np.shape(next(iter(batch.values())))[1 if member_axis else 0]
         local = self.num_devices // (jax.process_count() if self._on_mesh else 1)
         if size % local:
             where = " of this process" if jax.process_count() > 1 else ""
@@ -129,7 +133,7 @@ class Parallel:
                 f"use a multiple of {local}"
             )
         if self._on_mesh:
-            sharding = NamedSharding(self.mesh, P(AXIS))
+            sharding = NamedSharding(self.mesh, P(None, AXIS) if member_axis else P(AXIS))
             return {
                 k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()
             }

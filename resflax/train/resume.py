@@ -27,6 +27,7 @@ MAY_CHANGE: dict[str, str] = {
     "async_checkpointing": "how checkpoints are written",
     "eval_batch_size": "evaluation batch (the data position counts training batches)",
     "ops.*": "the execution policy: the same function, computed another way",
+    "population.batching": "how a population's members are computed (the same function)",
     "xla_cpu_flags": "compiler settings",
     "host_malloc": "process settings",
     "host_malloc_max_growth": "process settings",
@@ -39,7 +40,9 @@ MAY_CHANGE: dict[str, str] = {
     "allow_changes_on_resume": "this list itself",
 }
 # Never allowed: the data position saved with the checkpoint counts batches of this data.
-NEVER = ("batch_size", "seed", "data.name", "data.folder", "data.train_split")
+# A population's size and members' seeds shape its state and (own order) its data positions.
+NEVER = ("batch_size", "seed", "data.name", "data.folder", "data.train_split",
+         "population.size", "population.seed", "population.data_order")  # fmt: skip
 
 
 def flatten(config: Any) -> dict[str, Any]:

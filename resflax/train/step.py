@@ -14,11 +14,17 @@ Batch = dict[str, jax.Array]
 
 
 def train_step(
-    state: TrainState, batch: Batch, label_smoothing: float = 0.0
+    state: TrainState,
+    batch: Batch,
+    label_smoothing: float | jax.Array = 0.0,
+    tx: optax.GradientTransformation | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer step on `batch` ({"image", "label", "mask"}). Returns the new state and
     metric sums (see `losses.metric_sums`): sums, so that a wrapper can add them across
-    devices and a loop across steps without losing exactness."""
+    devices and a loop across steps without losing exactness. `tx` (default `state.tx`) is
+    an optimizer of the same state structure built from traced settings: a population
+    member's (`resflax.train.population`)."""
+    tx = state.tx if tx is None else tx
     mask = batch["mask"].astype(jnp.float32)
 
     def loss_fn(params):
@@ -32,7 +38,7 @@ def train_step(
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     (_, (logits, batch_stats, per_example)), grads = grad_fn(state.params)
-    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
     new_state = state.replace(
         step=state.step + 1,
         params=optax.apply_updates(state.params, updates),

@@ -80,6 +80,9 @@ class MetricWriter:
         self.enabled = enabled
         self.path = Path(workdir) / "metrics.jsonl"
         self._tb = None
+        self._workdir, self._resume_step = Path(workdir), resume_step
+        # A population's members: one TensorBoard run each, tensorboard/member_<k>/.
+        self._members: dict[int, EventFile] = {}
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -91,23 +94,32 @@ class MetricWriter:
             partial = self.path.with_suffix(".jsonl.tmp")
             partial.write_text("".join(f"{line}\n" for line in kept))
             os.replace(partial, self.path)
+        self._tb = self._event_file(Path(workdir) / "tensorboard")
+
+    def _event_file(self, logdir: Path) -> EventFile:
         from tensorboard.compat.proto import event_pb2
 
-        self._tb = EventFile(Path(workdir) / "tensorboard")
-        self._tb.add(
+        events = EventFile(logdir)
+        events.add(
             event_pb2.Event(
                 wall_time=time.time(),
                 # TensorBoard drops earlier events at this step or later: keep resume_step's.
-                step=resume_step + 1,
+                step=self._resume_step + 1,
                 session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START),
             )
         )
+        return events
 
-    def write(self, step: int, split: str, scalars: dict[str, float]) -> None:
+    def write(
+        self, step: int, split: str, scalars: dict[str, float], member: int | None = None
+    ) -> None:
+        """One metrics line (tagged `member` for a population's member) and its TensorBoard
+        scalars (a member's in its own run, tensorboard/member_<k>/)."""
         if not self.enabled:
             return
+        tag = {} if member is None else {"member": member}
         with self.path.open("a") as f:
-            f.write(json.dumps({"step": step, "split": split, **scalars}) + "\n")
+            f.write(json.dumps({"step": step, "split": split, **tag, **scalars}) + "\n")
         from tensorboard.compat.proto import event_pb2, summary_pb2
 
         values = [
@@ -116,17 +128,25 @@ class MetricWriter:
             if isinstance(v, int | float)
         ]
         summary = summary_pb2.Summary(value=values)
-        self._tb.add(event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
-        self._tb.flush()
+        events = self._tb
+        if member is not None:
+            if member not in self._members:
+                logdir = self._workdir / "tensorboard" / f"member_{member}"
+                self._members[member] = self._event_file(logdir)
+            events = self._members[member]
+        events.add(event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
+        events.flush()
 
     def flush(self) -> None:
-        if self._tb is not None:
-            self._tb.flush()
+        for events in [self._tb, *self._members.values()]:
+            if events is not None:
+                events.flush()
 
     def close(self) -> None:
-        if self._tb is not None:
-            self._tb.close()
-            self._tb = None
+        for events in [self._tb, *self._members.values()]:
+            if events is not None:
+                events.close()
+        self._tb, self._members = None, {}
 
 
 def _up_to(line: str, step: int) -> bool:
