@@ -31,7 +31,7 @@ SRC   ?=
 # make test TESTS="tests/models tests/train/test_step.py" runs a part of the suite.
 TESTS ?=
 
-.PHONY: install install-convert train finetune sweep test test-newest test-core lint zoo bench bench-step bench-memory bench-products \
+.PHONY: install install-convert install-dali train finetune sweep test test-newest test-core lint zoo bench bench-step bench-memory bench-products \
 	bench-loop bench-compile bench-input bench-population clean
 
 install: $(SETUP)
@@ -55,6 +55,17 @@ install-convert: $(VENV)/.installed-convert
 
 $(VENV)/.installed-convert: $(SETUP)
 	$(PY) -m pip install --quiet -e '.[train,test,convert]'
+	touch $@
+
+# NVIDIA DALI for data.pipeline=dali (about 700 MB with its codecs): the build for the CUDA of
+# the jax plugin installed (12 or 13; without one, 13, whose CPU pipelines run anywhere). CI
+# installs it and tests the DALI pipeline on the CPU (tests/data/test_dali.py).
+install-dali: $(VENV)/.installed-dali
+
+$(VENV)/.installed-dali: $(SETUP)
+	@extra=$$($(PY) -c "import importlib.util as u; print('dali-cuda12' if u.find_spec('jax_cuda12_plugin') else 'dali')"); \
+	echo "make install-dali: resflax[$$extra]"; \
+	$(PY) -m pip install --quiet -e ".[train,test,$$extra]"
 	touch $@
 
 train: $(SETUP)
@@ -127,8 +138,12 @@ bench-compile: $(SETUP)
 bench-population: $(SETUP)
 	$(PY) experiments/benchmarks/population.py
 
+# The tf.data pipeline beside the train step, then both pipelines alone on image files (DALI's
+# CPU pipeline where the dali extra is installed); on a GPU: experiments/benchmarks/gpu/gpu_input.sh
 bench-input: $(SETUP)
 	$(PY) -m experiments.benchmarks.cpu.input_pipeline --out experiments/results/input_pipeline.md
+	$(PY) experiments/benchmarks/input_pipelines.py --folder $${TMPDIR:-/tmp}/resflax-jpegs \
+	  --write 2048 --batch 64 --batches 12 --dtype float32 --out experiments/results/input_pipelines_cpu.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache resflax/kernels/_onednn_conv*.so

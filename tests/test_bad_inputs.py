@@ -261,6 +261,24 @@ CASES = [
     ),
     ("workdir_empty", "main", [DIGITS, "--workdir="], ["--workdir is empty"]),
     # --- data
+    ("pipeline_unknown", "main", [DIGITS, W, "--config.data.pipeline=nvjpeg"],
+     ["data.pipeline='nvjpeg' is not one of ('tfdata', 'dali')"]),
+    ("dali_for_digits", "main", [DIGITS, W, "--config.data.pipeline=dali"],
+     ["data.pipeline='dali' reads ('image_folder', 'imagenet2012', 'imagenette')",
+      "not data.name='digits'", "data.pipeline='tfdata'"]),
+    ("dali_under_pmap", "main",
+     [DIGITS, W, *FOLDER, "--config.data.folder={data}/good", "--config.data.pipeline=dali",
+      "--config.parallel=pmap"],
+     ["data.pipeline='dali'", "use parallel='jit' or 'shard_map', not parallel='pmap'"]),
+    ("dali_own_member_order", "main",
+     [DIGITS, W, *FOLDER, "--config.data.folder={data}/good", "--config.data.pipeline=dali",
+      "--config.population.size=2", "--config.population.data_order=own"],
+     ["population.data_order='own'", "data.pipeline='tfdata'"]),
+    ("dali_not_installed", "main",
+     [DIGITS, W, *TINY, *FOLDER, "--config.data.folder={data}/good",
+      "--config.data.pipeline=dali"],
+     ["data.pipeline='dali' needs NVIDIA DALI, which is not installed",
+      "pip install 'resflax[dali]' (in a checkout: make install-dali)"]),
     ("folder_missing", "main", [DIGITS, W, *FOLDER, "--config.data.folder={data}/nope"],
      ["data.folder='", "nope'", "no such directory", "point data.folder at it"]),
     ("folder_empty", "main", [DIGITS, W, *FOLDER, "--config.data.folder={data}/empty"],
@@ -323,7 +341,13 @@ CASES = [
      ["--dst=", "a_file' is a file"]),
 ]
 # fmt: on
-TORCH_CASES = {"pth_truncated", "pth_pickled_code_zip"}
+TORCH_CASES = {
+    "pth_empty",
+    "pth_garbage",
+    "pth_pickled_code",
+    "pth_pickled_code_zip",
+    "pth_truncated",
+}
 
 
 def _fill(args: list[str], inputs: Path, tmp: Path) -> list[str]:
@@ -382,6 +406,8 @@ def test_bad_input_is_one_line_naming_it(program, args, words, inputs, tmp_path,
     if name == "safetensors_without_safetensors":
         for module in ("safetensors", "safetensors.numpy"):
             monkeypatch.setitem(sys.modules, module, None)
+    if name == "dali_not_installed":
+        monkeypatch.setitem(sys.modules, "nvidia.dali", None)  # as where DALI is not installed
     if name == "workdir_read_only":
         (tmp_path / "read_only").mkdir(mode=0o500)
     monkeypatch.delenv("RESFLAX_DEBUG", raising=False)
@@ -403,6 +429,7 @@ def test_the_table_is_large_enough():
 def test_pickled_code_is_live_but_never_runs_through_the_cli(inputs, tmp_path, capfd):
     """The payload works (plain pickle runs it), yet the converter, which `make finetune`
     calls with SRC, refuses the file in one line and nothing is created."""
+    pytest.importorskip(NEEDS_TORCH)
     marker = tmp_path / "ran"
     (tmp_path / "live.pth").write_bytes(pickle.dumps({"fc.weight": Payload(marker)}))
     pickle.loads((tmp_path / "live.pth").read_bytes())  # the control: this does run it
@@ -445,6 +472,8 @@ def _subprocess(args: list[str], **env: str) -> tuple[int, str]:
     ids=["config_key", "devices", "workdir", "image", "pickle"],
 )
 def test_the_real_program_prints_one_line(args, words, inputs, tmp_path):
+    if args[0] == "resflax.convert":
+        pytest.importorskip(NEEDS_TORCH)
     status, err = _subprocess(_fill(args, inputs, tmp_path))
     line = one_line(err)
     assert status == 1 and all(w in line for w in words), line

@@ -36,11 +36,12 @@ DISTRIBUTIONS = {"optax": "optax", "orbax.checkpoint": "orbax-checkpoint", "absl
                  "ml_collections": "ml-collections", "tensorflow": "tensorflow-cpu",
                  "tensorflow_datasets": "tensorflow-datasets", "tensorboard": "tensorboard",
                  "sklearn": "scikit-learn", "matplotlib": "matplotlib",
-                 "safetensors": "safetensors", "torch": "torch"}  # fmt: skip
+                 "safetensors": "safetensors", "torch": "torch",
+                 "nvidia.dali": "nvidia-dali-cuda130", "PIL": "pillow"}  # fmt: skip
 # Never in the core install: the training stack and the torch stack.
 NOT_IN_CORE = ("tensorflow", "tensorflow-cpu", "tensorflow-datasets", "torch", "torchvision",
                "timm", "ml-collections", "tensorboard", "scikit-learn", "matplotlib",
-               "safetensors")  # fmt: skip
+               "safetensors", "nvidia-dali-cuda130", "nvidia-dali-cuda120")  # fmt: skip
 CORE_INSTALL_ENV = "RESFLAX_TEST_CORE_INSTALL"
 
 
@@ -54,7 +55,7 @@ def test_core_dependencies_are_jax_flax_numpy():
 
 def test_each_extra_installs_what_its_guard_checks():
     extras_ = PROJECT["optional-dependencies"]
-    assert set(extras_) == {"train", "test", "convert"}
+    assert set(extras_) == {"train", "test", "convert", "dali", "dali-cuda12"}
     for extra, modules in extras.MODULES.items():
         names = {_name(r) for r in extras_[extra]}
         assert {DISTRIBUTIONS[m] for m in modules} <= names, extra
@@ -105,7 +106,11 @@ def _python(code: str) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize(
     ("blocked", "statement", "words"),
     [
-        ("tensorflow", "import resflax.train.loop", "resflax.train needs tensorflow"),
+        (
+            "tensorflow",
+            "import resflax.data.tfds",
+            "the tf.data pipeline (data.pipeline='tfdata') needs tensorflow",
+        ),
         ("sklearn", "import resflax.data.digits", "resflax.data needs sklearn"),
         ("optax", "import resflax.nnx", "resflax.nnx needs optax"),
     ],
@@ -117,6 +122,16 @@ def test_importing_a_part_without_its_extra_names_it(blocked, statement, words):
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("resflax.extras.MissingExtra: ") and words in last, done.stderr
     assert "pip install 'resflax[train]'" in last
+
+
+def test_training_modules_import_without_tensorflow():
+    """TensorFlow is the tf.data pipeline's: the loop, the digits and the DALI pipeline load
+    without it (a GPU host that feeds through DALI need not install it)."""
+    done = _python(
+        "import sys; sys.modules['tensorflow'] = None; sys.modules['tensorflow_datasets'] = None; "
+        "import resflax.train.loop, resflax.data.dali, resflax.data.digits, resflax.main"
+    )
+    assert done.returncode == 0, done.stderr
 
 
 def test_the_command_line_without_the_train_extra_is_one_line():

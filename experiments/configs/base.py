@@ -69,6 +69,9 @@ def get_config() -> config_dict.ConfigDict:
     c.data = config_dict.ConfigDict(
         dict(
             name="digits",
+            # image_folder, imagenet2012, imagenette: "tfdata" (decoding and augmentation on the
+            # host's CPU cores) | "dali" (NVIDIA DALI: on the GPU, nvjpeg; the dali extra)
+            pipeline="tfdata",
             data_dir=placeholder(
                 str
             ),  # tfds data dir; None: $TFDS_DATA_DIR or ~/tensorflow_datasets
@@ -80,7 +83,7 @@ def get_config() -> config_dict.ConfigDict:
             std=placeholder(tuple),
             shuffle_buffer=10_000,
             cache=False,  # keep the undecoded records in memory after the first epoch
-            parallel_calls=-1,  # tf.data map parallelism; -1: autotune
+            parallel_calls=-1,  # tf.data map parallelism / DALI threads; -1: autotune / cores
             prefetch=2,  # batches placed on the devices ahead of the step
             test_fraction=0.2,  # digits: held-out share, stratified
             split_seed=0,

@@ -11,21 +11,57 @@ shorter side to 256, center crop 224.
 from __future__ import annotations
 
 import contextlib
+import os
+import re
+import sys
+import tempfile
 from collections.abc import Sequence
+from typing import Any
 
-import tensorflow as tf
+from resflax.data import tfds_spec
+from resflax.extras import ON_USE, require
+
+
+def _import_tensorflow() -> Any:
+    """`import tensorflow`, its C++ INFO lines dropped. TensorFlow 2.21 writes them to the
+    process's stderr while it loads, whatever TF_CPP_MIN_LOG_LEVEL says (on Intel CPUs: "oneDNN
+    custom operations are on", after absl's "log messages before absl::InitializeLog()"
+    warning), so a one-line error of the CLI would become five. Anything else it writes
+    (warnings, errors) is passed on. tests/data/test_tfds.py pins the upstream behaviour."""
+    require("train", "the tf.data pipeline (data.pipeline='tfdata')", modules=ON_USE["train"])
+    sys.stderr.flush()
+    with tempfile.TemporaryFile() as sink:
+        saved = os.dup(2)
+        os.dup2(sink.fileno(), 2)
+        try:
+            import tensorflow
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        sink.seek(0)
+        text = sink.read().decode(errors="replace")
+    kept, info = [], False
+    for line in text.splitlines():
+        if line.startswith("WARNING: All log messages before absl::InitializeLog()"):
+            continue
+        if re.match(r"[IWEF]\d{4} ", line):
+            info = line.startswith("I")
+        if not info:
+            kept.append(line)
+    if kept:
+        sys.stderr.write("\n".join(kept) + "\n")
+    return tensorflow
+
+
+tf = _import_tensorflow()
 
 # TensorFlow only feeds data here; left alone it would reserve GPU memory JAX needs. (A
 # RuntimeError means TF already initialised its devices elsewhere: nothing to change now.)
 with contextlib.suppress(RuntimeError):
     tf.config.set_visible_devices([], "GPU")
 
-# Per-channel statistics of the training splits, in 0..255 pixel units.
-MEAN_STD = {
-    "cifar10": ((125.31, 122.95, 113.87), (62.99, 62.09, 66.70)),
-    "cifar100": ((129.30, 124.07, 112.43), (68.17, 65.39, 70.42)),
-    "imagenet": ((123.675, 116.28, 103.53), (58.395, 57.12, 57.375)),
-}
+# Per-channel statistics (0..255 units): kept beside the data sets' table.
+MEAN_STD = tfds_spec.MEAN_STD
 
 
 def normalize(image: tf.Tensor, mean: Sequence[float], std: Sequence[float]) -> tf.Tensor:

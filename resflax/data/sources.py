@@ -51,8 +51,10 @@ def make_source(
     seed: int,
     process_index: int = 0,
     process_count: int = 1,
+    placement: Any = None,
 ) -> DataSource:
-    """`data` is the config's `data` block; batch sizes are global (all processes together)."""
+    """`data` is the config's `data` block; batch sizes are global (all processes together).
+    `placement` (resflax.data.dali.Placement): where DALI works, for data.pipeline="dali"."""
     for what, size in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
         if size <= 0 or size % process_count:
             raise ValueError(f"{what}={size} is not divisible by the {process_count} processes")
@@ -75,25 +77,17 @@ def make_source(
             steps_per_epoch=train.steps_per_epoch,
         )
     if data.name == "fake":
-        if data.num_classes is None or data.image_size is None:
-            raise ValueError(
-                f"data 'fake' needs data.num_classes (now {data.num_classes}) and "
-                f"data.image_size (now {data.image_size})"
-            )
-        shape = (data.image_size, data.image_size, data.channels)
-        num_eval_batches = -(-data.eval_size // eval_batch_size)
-        return DataSource(
-            name="fake",
-            train=SyntheticIterator(shape, data.num_classes, local, seed=seed + process_index),
-            make_eval=lambda: SyntheticIterator(
-                shape, data.num_classes, local_eval, seed=seed + 1, num_batches=num_eval_batches
-            ),
-            num_train=data.train_size,
-            num_eval=num_eval_batches * eval_batch_size,
-            image_shape=shape,
-            num_classes=data.num_classes,
-            steps_per_epoch=max(1, data.train_size // batch_size),
-        )
+        return _fake(
+            data, batch_size=batch_size, eval_batch_size=eval_batch_size, local=local,
+            local_eval=local_eval, train_seed=seed + process_index, eval_seed=seed + 1,
+        )  # fmt: skip
+    if data.get("pipeline", "tfdata") == "dali":
+        from resflax.data.dali import Placement, make_dali_source  # imports DALI: when chosen
+
+        return make_dali_source(
+            data, batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed,
+            placement=placement or Placement(), **shard,
+        )  # fmt: skip
     if data.name in TFDS_SOURCES:
         from resflax.data.tfds import make_tfds_source  # imports TensorFlow: only when used
 
@@ -101,3 +95,29 @@ def make_source(
             data, batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed, **shard
         )
     raise ValueError(f"data.name={data.name!r} is not one of {SOURCES + TFDS_SOURCES}")
+
+
+def _fake(
+    data: Any, *, batch_size: int, eval_batch_size: int, local: int, local_eval: int,
+    train_seed: int, eval_seed: int,
+) -> DataSource:  # fmt: skip
+    """Synthetic batches of `data.image_size` and `data.num_classes` (throughput runs)."""
+    if data.num_classes is None or data.image_size is None:
+        raise ValueError(
+            f"data 'fake' needs data.num_classes (now {data.num_classes}) and "
+            f"data.image_size (now {data.image_size})"
+        )
+    shape = (data.image_size, data.image_size, data.channels)
+    num_eval_batches = -(-data.eval_size // eval_batch_size)
+    return DataSource(
+        name="fake",
+        train=SyntheticIterator(shape, data.num_classes, local, seed=train_seed),
+        make_eval=lambda: SyntheticIterator(
+            shape, data.num_classes, local_eval, seed=eval_seed, num_batches=num_eval_batches
+        ),
+        num_train=data.train_size,
+        num_eval=num_eval_batches * eval_batch_size,
+        image_shape=shape,
+        num_classes=data.num_classes,
+        steps_per_epoch=max(1, data.train_size // batch_size),
+    )

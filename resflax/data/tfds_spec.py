@@ -1,13 +1,18 @@
 """The tensorflow-datasets sources' table and the config's data block read into a `Spec`
-(no TensorFlow needed): dataset defaults, checks that name the bad value, and the error for a
-data set that is not prepared."""
+(no TensorFlow needed: the DALI pipeline reads it too): dataset defaults, checks that name the
+bad value, and the error for a data set that is not prepared."""
 
 from __future__ import annotations
 
 import dataclasses
 from typing import Any
 
-from resflax.data import preprocess
+# Per-channel statistics of the training splits, in 0..255 pixel units.
+MEAN_STD = {
+    "cifar10": ((125.31, 122.95, 113.87), (62.99, 62.09, 66.70)),
+    "cifar100": ((129.30, 124.07, 112.43), (68.17, 65.39, 70.42)),
+    "imagenet": ((123.675, 116.28, 103.53), (58.395, 57.12, 57.375)),
+}
 
 # name -> (tfds name, train split, eval split, preprocessing kind, image size)
 DATASETS = {
@@ -56,7 +61,7 @@ def spec_from_config(data: Any) -> Spec:
             f"data.image_size={data.image_size}: {data.name} images are {size}x{size} "
             "(leave it unset)"
         )
-    stats = preprocess.MEAN_STD.get(data.name, preprocess.MEAN_STD["imagenet"])
+    stats = MEAN_STD.get(data.name, MEAN_STD["imagenet"])
     size = data.image_size or size
     return Spec(
         name=data.name,

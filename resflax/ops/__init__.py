@@ -10,10 +10,10 @@ of resflax that asks which machine it runs on) picks the measured fastest. Impor
 package loads jax only: the kernels load when a policy that uses them is traced.
 """
 
-from resflax.ops.machine import auto, population_batching
+from resflax.ops.machine import auto, data_device, population_batching
 from resflax.ops.policy import ACTS, CONVS, NORMS, PLAIN, POOLS, STEM_CONVS, Ops, plain
 
 __all__ = [
-    "ACTS", "CONVS", "NORMS", "PLAIN", "POOLS", "STEM_CONVS", "Ops", "auto", "plain",
-    "population_batching",
+    "ACTS", "CONVS", "NORMS", "PLAIN", "POOLS", "STEM_CONVS", "Ops", "auto", "data_device",
+    "plain", "population_batching",
 ]  # fmt: skip

@@ -83,3 +83,9 @@ def population_batching(backend: str | None = None) -> str:
     the step, each computed as its own run) on the CPU, whose cores one member already fills and
     where XLA:CPU's batched forms were slower than K runs (experiments/results/population.md)."""
     return "map" if (backend or jax.default_backend()) == "cpu" else "vmap"
+
+
+def data_device(backend: str | None = None) -> str:
+    """Where DALI (data.pipeline="dali") decodes and augments: on the GPU when the step runs
+    on one, else on the host's CPU cores."""
+    return "gpu" if (backend or jax.default_backend()) == "gpu" else "cpu"

@@ -78,6 +78,35 @@ def _in_unit_interval(name: str, value: Any) -> None:
         raise ValueError(f"{name}={value} must be in [0, 1)")
 
 
+PIPELINES = ("tfdata", "dali")
+
+
+def _check_pipeline(config: Any) -> None:
+    """data.pipeline: tf.data everywhere, DALI for the JPEG data sets under a mesh."""
+    from resflax.data.dali import SOURCES as DALI_SOURCES
+
+    data = config.data
+    if data.pipeline not in PIPELINES:
+        raise ValueError(f"data.pipeline={data.pipeline!r} is not one of {PIPELINES}")
+    if data.pipeline != "dali":
+        return
+    if data.name not in DALI_SOURCES:
+        raise ValueError(
+            f"data.pipeline='dali' reads {DALI_SOURCES}, not data.name={data.name!r}; use "
+            "data.pipeline='tfdata' for it"
+        )
+    if config.parallel == "pmap":
+        raise ValueError(
+            "data.pipeline='dali' feeds global arrays on a mesh: use parallel='jit' or "
+            "'shard_map', not parallel='pmap'"
+        )
+    if config.get("population") and config.population.data_order == "own":
+        raise ValueError(
+            "population.data_order='own' reads K orders through data.pipeline='tfdata'; with "
+            "data.pipeline='dali' the members share the order (population.data_order='shared')"
+        )
+
+
 def _check_data(data: Any) -> None:
     """The data block's sizes and fractions (the data set's own checks come when it is read)."""
     if data.name not in SOURCES + TFDS_SOURCES:
@@ -188,6 +217,7 @@ def validate(config: Any) -> None:
     _positive("num_steps", config.num_steps, allow_none=True)
     _positive("stop_at_step", config.stop_at_step, allow_none=True)
     _check_data(config.data)
+    _check_pipeline(config)
     _check_optimizer(config)
     sched = config.schedule
     if (

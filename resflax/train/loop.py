@@ -15,7 +15,6 @@ import copy
 import functools
 import hashlib
 import json
-import os
 import signal
 import threading
 import time
@@ -34,7 +33,7 @@ from resflax.runtime import host_memory
 from resflax.train import resume
 from resflax.train import step as step_lib
 from resflax.train.lock import WorkdirLock
-from resflax.train.setup import Run, setup
+from resflax.train.setup import Run, execution, setup
 from resflax.train.writers import MetricWriter, Progress
 
 
@@ -101,20 +100,6 @@ def evaluate(
     for batch in batches:
         totals = _add(totals, jax.device_get(eval_fn(state, shard(batch))))
     return {**averages(totals), "num_examples": int(totals.get("count", 0))}
-
-
-def execution(run: Run) -> dict[str, Any]:
-    """How this session computes (recorded beside the checkpoints and in the summary; none of
-    it is the model's identity: another session may differ)."""
-    return {
-        "ops": run.ops.as_dict(),
-        "backend": jax.default_backend(),
-        "devices": run.parallel.num_devices,
-        "parallel": run.config.parallel,
-        "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "host_malloc": host_memory.in_effect(),
-        **({} if run.members is None else {"population_batching": run.member_batching}),
-    }
 
 
 class Session:

@@ -117,6 +117,11 @@ class Parallel:
             np.arange(self.num_devices)
         )
 
+    @property
+    def batch_sharding(self) -> NamedSharding | None:
+        """How a batch lies on the mesh (its first axis split over AXIS); None under pmap."""
+        return NamedSharding(self.mesh, P(AXIS)) if self._on_mesh else None
+
     def shard_batch(
         self, batch: dict[str, np.ndarray], *, member_axis: bool = False
     ) -> dict[str, Any]:
@@ -134,9 +139,12 @@ class Parallel:
             )
         if self._on_mesh:
             sharding = NamedSharding(self.mesh, P(None, AXIS) if member_axis else P(AXIS))
+            # A global array already on the mesh (DALI on the GPU) is passed through.
             return {
-                k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()
-            }
+                k: v if isinstance(v, jax.Array) and v.sharding == sharding
+                else jax.make_array_from_process_local_data(sharding, v)
+                for k, v in batch.items()
+            }  # fmt: skip
         n = self.num_devices
         return {k: np.reshape(v, (n, -1, *np.shape(v)[1:])) for k, v in batch.items()}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,8 @@ from absl import logging
 
 from resflax.data.sources import make_source
 from resflax.models.registry import create_model
-from resflax.ops import Ops, population_batching
+from resflax.ops import Ops, data_device, population_batching
+from resflax.runtime import host_memory
 from resflax.train import config as config_lib
 from resflax.train import population, pretrained, resume
 from resflax.train.checkpoint import Checkpointer
@@ -140,6 +142,19 @@ def _member_sources(config: Any, data: Any, members: population.Members) -> Any:
     return dataclasses.replace(data, train=population.StackedSource(sources))
 
 
+def data_placement(config: Any, parallel: Parallel) -> Any:
+    """Where DALI decodes and augments (data.pipeline="dali"): this machine's choice, an
+    execution detail like the ops policy; None for the other pipelines."""
+    if config.data.pipeline != "dali":
+        return None
+    from resflax.data.dali import Placement
+
+    return Placement(
+        device=data_device(), sharding=parallel.batch_sharding, dtype=config.dtype,
+        threads=config.data.parallel_calls,
+    )  # fmt: skip
+
+
 def data_eval_batch(config: Any) -> int:
     return config.eval_batch_size or config.batch_size
 
@@ -157,6 +172,7 @@ def setup(config: Any, workdir: str | Path) -> Run:
     data = make_source(
         config.data, batch_size=config.batch_size, eval_batch_size=eval_batch_size,
         seed=config.seed, process_index=jax.process_index(), process_count=jax.process_count(),
+        placement=data_placement(config, parallel),
     )  # fmt: skip
     if members is not None and members.own_order:
         data = _member_sources(config, data, members)
@@ -249,3 +265,19 @@ def _restore(run: Run) -> None:
             f"workdir {run.workdir} is at step {run.start}, beyond num_steps={run.steps.total}; "
             "raise the number of steps or use another --workdir"
         )
+
+
+def execution(run: Run) -> dict[str, Any]:
+    """How this session computes (recorded beside the checkpoints and in the summary; none of
+    it is the model's identity: another session may differ)."""
+    return {
+        "ops": run.ops.as_dict(),
+        "backend": jax.default_backend(),
+        "devices": run.parallel.num_devices,
+        "parallel": run.config.parallel,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "host_malloc": host_memory.in_effect(),
+        **({} if run.members is None else {"population_batching": run.member_batching}),
+        "data_pipeline": run.config.data.pipeline,
+        "data_device": data_device() if run.config.data.pipeline == "dali" else "cpu",
+    }

@@ -343,3 +343,24 @@ def test_cli_trains_cifar10_recipe_where_the_data_is_prepared(cifar_dir, tmp_pat
     assert status == 0, out[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["data"] == "cifar10" and summary["final_eval"]["num_examples"] == 13
+
+
+def test_tensorflow_loads_without_its_info_lines_on_stderr():
+    """resflax.data.preprocess imports TensorFlow with its load-time C++ INFO lines dropped
+    (TensorFlow 2.21 writes them whatever TF_CPP_MIN_LOG_LEVEL says). Where plain `import
+    tensorflow` stays silent too, upstream has fixed it and `_import_tensorflow` can go."""
+    import subprocess
+    import sys
+
+    def stderr(code):
+        return subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stderr
+
+    ours = stderr("import resflax.data.preprocess")
+    assert ours == "", ours
+    theirs = stderr("import tensorflow")
+    assert all(
+        line.startswith(("I0000", "WARNING: All log messages", "To enable"))
+        for line in theirs.splitlines()
+    ), theirs
