@@ -66,6 +66,35 @@ def write_folder(root: Path, count: int, eval_count: int = 256) -> None:
             pool.map(_write_one, jobs, chunksize=64)
 
 
+def feeding(folder: Path, batch: int, batches: int, warmup: int) -> dict:
+    """The DALI pipeline's host side alone, on one thread: files read, sizes from the headers,
+    order and crop windows planned (what each `pipe.run()` asks of the training process)."""
+    from experiments.configs import base
+    from resflax.data import records
+    from resflax.data.dali import DaliTrain
+    from resflax.data.tfds_spec import spec_from_config
+
+    data = base.get_config().data
+    data.update(dict(name="image_folder", folder=str(folder), image_size=224))
+    split = records.FolderRecords(str(folder), "train")
+    train = DaliTrain(
+        spec_from_config(data), split, batch, len(split) // batch, seed=0, placement=None,
+        process_index=0, process_count=1,
+    )  # fmt: skip
+    choices = train._choices(0, 0)
+    for _ in range(warmup):
+        next(choices)
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(choices)
+    seconds = time.perf_counter() - start
+    return {
+        "pipeline": "dali host feeding", "device": "cpu (1 thread)", "batch": batch,
+        "batches": batches, "images_per_sec": batch * batches / seconds, "dtype": "bytes",
+        "cores": 1,
+    }  # fmt: skip
+
+
 def measure(folder: Path, pipeline: str, batch: int, batches: int, warmup: int, dtype: str) -> dict:
     import jax
 
@@ -117,7 +146,7 @@ def table(rows: list[dict], title: str, command: str) -> str:
         f"{os.cpu_count()} CPUs, backend {jax.default_backend()}; {', '.join(versions)}. "
         "Method: experiments/benchmarks/input_pipelines.py's docstring.",
         "",
-        "| pipeline | works on | batch | output dtype | img/s | img/s per host core |",
+        "| pipeline | works on | batch | output | img/s | img/s per host core |",
         "|---|---|---:|---|---:|---:|",
     ]
     for r in rows:
@@ -135,7 +164,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--folder", required=True)
     parser.add_argument("--write", type=int, default=0, help="JPEGs to write first (kept)")
-    parser.add_argument("--pipelines", nargs="+", default=["tfdata", "dali"])
+    parser.add_argument("--pipelines", nargs="+", default=["tfdata", "dali", "feeding"],
+                        help="tfdata, dali, and feeding: DALI's host side alone")  # fmt: skip
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
@@ -150,7 +180,10 @@ def main() -> int:
     rows = []
     for pipeline in args.pipelines:
         try:
-            row = measure(folder, pipeline, args.batch, args.batches, args.warmup, args.dtype)
+            if pipeline == "feeding":
+                row = feeding(folder, args.batch, args.batches, args.warmup)
+            else:
+                row = measure(folder, pipeline, args.batch, args.batches, args.warmup, args.dtype)
         except (ImportError, ValueError) as e:  # a pipeline not installed here: say so
             row = {"pipeline": pipeline, "error": str(e).splitlines()[0]}
         print(json.dumps(row), flush=True)

@@ -38,8 +38,39 @@ class DaliUnavailableError(ValueError):
     """DALI is chosen but cannot run here."""
 
 
+def _built_for() -> int | None:
+    """The CUDA major version the installed DALI wheel is built for (12, 13), if known."""
+    from importlib import metadata
+
+    for major in (13, 12):
+        try:
+            metadata.version(f"nvidia-dali-cuda{major}0")
+            return major
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def _check_cuda(driver: int, built: int | None) -> None:
+    """DALI on the GPU needs a driver (`driver`: its CUDA version as 13000 for 13.0; 0 for
+    none) at least as new as the CUDA its wheel is built for."""
+    if driver <= 0:
+        raise DaliUnavailableError(
+            "data.pipeline='dali' on the GPU: DALI finds no CUDA driver; use "
+            "data.pipeline='tfdata' or check the driver (nvidia-smi)"
+        )
+    if built is not None and driver < built * 1000:
+        other = "dali-cuda12" if built == 13 else "dali"
+        raise DaliUnavailableError(
+            f"data.pipeline='dali': nvidia-dali-cuda{built}0 needs a CUDA {built} driver, this "
+            f"one is CUDA {driver // 1000}.{driver % 1000 // 10}; install "
+            f"pip install 'resflax[{other}]' instead, or use data.pipeline='tfdata'"
+        )
+
+
 def require_dali(device: str) -> Any:
-    """The `nvidia.dali` module; one line naming the install command when it is missing."""
+    """The `nvidia.dali` module; one line naming the install command when it is missing or,
+    on the GPU, cannot run on this driver."""
     try:
         import nvidia.dali
         from nvidia.dali import backend
@@ -48,11 +79,8 @@ def require_dali(device: str) -> Any:
             f"data.pipeline='dali' needs NVIDIA DALI, which is not installed ({e.name}): "
             f"{INSTALL}, or use data.pipeline='tfdata'"
         ) from None
-    if device == "gpu" and backend.GetCudaVersion() < 0:  # pragma: no cover - GPU hosts
-        raise DaliUnavailableError(
-            "data.pipeline='dali' on the GPU: DALI finds no CUDA driver; install the DALI "
-            f"build for this CUDA ({INSTALL}) or use data.pipeline='tfdata'"
-        )
+    if device == "gpu":
+        _check_cuda(backend.GetCudaVersion(), _built_for())
     return nvidia.dali
 
 

@@ -69,7 +69,7 @@ def test_the_pipelines_alone_benchmark_runs_here(tmp_path):
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     rows = [json.loads(line) for line in out.with_suffix(".jsonl").read_text().splitlines()]
-    assert [r["pipeline"] for r in rows] == ["tfdata", "dali"]
+    assert [r["pipeline"] for r in rows] == ["tfdata", "dali", "dali host feeding"]
     assert rows[0]["images_per_sec"] > 0 and rows[0]["dtype"] == "float32"
     assert len(list((tmp_path / "jpegs" / "train").rglob("*.jpg"))) == 24
     dali = rows[1]

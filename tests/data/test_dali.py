@@ -314,6 +314,31 @@ def test_missing_dali_is_one_line_naming_the_install(folder, monkeypatch):
         source(folder)
 
 
+@pytest.mark.parametrize(
+    ("driver", "built", "words"),
+    [
+        (0, 13, "DALI finds no CUDA driver"),
+        (
+            12040,
+            13,
+            "nvidia-dali-cuda130 needs a CUDA 13 driver, this one is CUDA 12.4; install "
+            "pip install 'resflax[dali-cuda12]'",
+        ),
+        (13000, 13, None),
+        (12020, 12, None),
+    ],
+)
+def test_the_gpu_driver_must_be_as_new_as_dalis_cuda(driver, built, words):
+    from resflax.data.dali import DaliUnavailableError, _check_cuda
+
+    if words is None:
+        _check_cuda(driver, built)
+        return
+    with pytest.raises(DaliUnavailableError) as raised:
+        _check_cuda(driver, built)
+    assert words in str(raised.value) and "\n" not in str(raised.value)
+
+
 def test_a_tfds_prepared_set_trains_through_dali(prepared, monkeypatch):
     dali_or_skip()
     root, _ = prepared
