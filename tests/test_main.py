@@ -179,7 +179,12 @@ def test_a_checkpoint_written_before_the_policy_left_the_model_resumes_bitwise(t
     assert "resuming at step 4" in err
     summary = json.loads((tmp_path / "w/summary.json").read_text())
     want = expected["continued_to_step_6_by_that_code"]
-    assert summary["param_digest"] == want["param_digest"]
+    # Bitwise as that code computed on a CPU of the same kind (XLA:CPU's sums follow the
+    # vector units): the digests recorded per kind; a new kind records its own (expected.json).
+    assert summary["param_digest"] in want["param_digest_by_cpu"].values(), (
+        summary["param_digest"],
+        want["record_a_new_cpu"],
+    )
     assert summary["final_eval"]["top1"] == want["final_eval_top1"]
 
 
