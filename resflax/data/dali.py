@@ -130,7 +130,7 @@ class DaliTrain(EpochPosition, Iterator[dict[str, Any]]):
             self.epoch, self.index = self.epoch + 1, 0
         if self._pipelines is None:
             self._pipelines = Pipelines(
-                self.spec, self.records, self._choices(self.epoch, self.index),
+                self.spec, self._choices(self.epoch, self.index),
                 self.local_batch, self.placement, train=True,
             )  # fmt: skip
         batch = self._pipelines.next()
@@ -150,7 +150,7 @@ def eval_batches(
             encoded, labels = _read(records, batch.indices)
             yield Choice(batch.indices, labels, batch.mask), encoded
 
-    pipelines = Pipelines(spec, records, choices(), local_batch, placement, train=False)
+    pipelines = Pipelines(spec, choices(), local_batch, placement, train=False)
     for _ in chosen:
         yield pipelines.next()
 
@@ -163,7 +163,7 @@ def make_dali_source(
     from resflax.data import records as records_lib
     from resflax.data.folder import check_image_folder
     from resflax.data.sources import DataSource, check_num_classes
-    from resflax.data.tfds_spec import not_found, spec_from_config
+    from resflax.data.tfds_spec import epoch_steps, not_found, spec_from_config
 
     require_dali(placement.device)
     spec = spec_from_config(data)
@@ -181,12 +181,7 @@ def make_dali_source(
         train = records_lib.TfrecordRecords(root, spec.train_split)
         held_out = records_lib.TfrecordRecords(root, spec.eval_split)
     local, local_eval = batch_size // process_count, eval_batch_size // process_count
-    steps_per_epoch = (len(train) // process_count) // local
-    if steps_per_epoch < 1:
-        raise ValueError(
-            f"batch_size={batch_size} is larger than the {len(train)} training examples of "
-            f"{spec.name!r}"
-        )
+    steps_per_epoch = epoch_steps(spec, batch_size, len(train), process_count)
     check_num_classes(data, train.num_classes)
     shard = dict(process_index=process_index, process_count=process_count)
     return DataSource(

@@ -49,22 +49,21 @@ class _Feeder:
     """The external sources' batches, computed once per position and handed to each device's
     pipeline as its piece (the pipelines ask in order, each for its own next batch)."""
 
-    def __init__(self, records: Any, batches: Any, parts: int) -> None:
-        self.records, self.batches, self.parts = records, batches, parts
+    def __init__(self, batches: Iterator[tuple[Choice, list[np.ndarray]]], parts: int) -> None:
+        self.batches, self.parts = batches, parts
         self._served: list[int] = [0] * parts
-        self._cache: dict[int, tuple[np.ndarray, ...]] = {}
+        self._cache: dict[int, tuple[Choice, list[np.ndarray]]] = {}
 
-    def _full(self, n: int) -> tuple[np.ndarray, ...]:
+    def _full(self, n: int) -> tuple[Choice, list[np.ndarray]]:
         if n not in self._cache:
-            choice, encoded = next(self.batches)
-            self._cache[n] = (encoded, choice)
+            self._cache[n] = next(self.batches)
         return self._cache[n]
 
     def source(self, part: int) -> Any:
         def call() -> tuple[list[np.ndarray], ...]:
             n = self._served[part]
             self._served[part] += 1
-            encoded, choice = self._full(n)
+            choice, encoded = self._full(n)
             if all(s > n for s in self._served):
                 del self._cache[n]
             size = len(choice.indices) // self.parts
@@ -131,7 +130,7 @@ class Pipelines:
     pass), and the step from their outputs to a batch."""
 
     def __init__(
-        self, spec: Any, records: Any, batches: Iterator[Choice], local_batch: int,
+        self, spec: Any, batches: Iterator[tuple[Choice, list[np.ndarray]]], local_batch: int,
         placement: Placement, train: bool,
     ) -> None:  # fmt: skip
         self.placement = placement
@@ -146,11 +145,11 @@ class Pipelines:
             )
         cores = os.cpu_count() or 1
         threads = placement.threads if placement.threads > 0 else max(1, cores // parts)
-        self.feeder = _Feeder(records, ((c, e) for c, e in batches), parts)
+        self.feeder = _Feeder(batches, parts)
         self.pipes = [
             _pipeline(
                 spec, local_batch // parts, placement, self.feeder.source(k), train,
-                None if d is None or placement.device != "gpu" else d.local_hardware_id, threads,
+                None if d is None else d.local_hardware_id, threads,
             )
             for k, d in enumerate(self.devices)
         ]  # fmt: skip

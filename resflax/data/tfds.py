@@ -24,6 +24,7 @@ from resflax.data.folder import check_image_folder
 from resflax.data.tfds_spec import (  # noqa: F401 - spec_from_config, DataNotFoundError: API
     DataNotFoundError,
     Spec,
+    epoch_steps,
     not_found,
     spec_from_config,
 )
@@ -221,12 +222,7 @@ def make_tfds_source(
     num_train = _num_examples(builder, spec, spec.train_split)
     num_eval = _num_examples(builder, spec, spec.eval_split)
     local, local_eval = batch_size // process_count, eval_batch_size // process_count
-    steps_per_epoch = (num_train // process_count) // local
-    if steps_per_epoch < 1:
-        raise ValueError(
-            f"batch_size={batch_size} is larger than the {num_train} training examples of "
-            f"{spec.name!r}"
-        )
+    steps_per_epoch = epoch_steps(spec, batch_size, num_train, process_count)
     eval_steps = math.ceil(math.ceil(num_eval / process_count) / local_eval)
     num_classes = int(builder.info.features["label"].num_classes)
     check_num_classes(data, num_classes)

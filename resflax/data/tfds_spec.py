@@ -81,6 +81,18 @@ def spec_from_config(data: Any) -> Spec:
     )
 
 
+def epoch_steps(spec: Spec, batch_size: int, num_train: int, process_count: int) -> int:
+    """Steps per epoch, the same on every process: each reads `num_train // process_count`
+    examples in local batches; refuses a global batch larger than the training split."""
+    steps = (num_train // process_count) // (batch_size // process_count)
+    if steps < 1:
+        raise ValueError(
+            f"batch_size={batch_size} is larger than the {num_train} training examples of "
+            f"{spec.name!r}"
+        )
+    return steps
+
+
 class DataNotFoundError(ValueError):
     """The data set is not prepared where it was looked for."""
 
