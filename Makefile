@@ -6,6 +6,11 @@ PYTHON  ?= python3
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
+# The exact versions to install (.ci/locks/README.md): .ci/run's gate installs from a lock, one
+# per environment, so that an upstream release cannot turn a good change red. The default
+# environment's lock is for Python 3.11 (python3 here and in CI); with another Python, or with
+# LOCK= (empty), pip resolves within pyproject.toml's ranges instead.
+LOCK    ?= .ci/locks/default.txt
 # oneDNN convolutions for XLA:CPU (resflax/kernels), built per environment (the file name
 # carries the interpreter's extension suffix, as a compiled extension's does); where oneDNN is
 # not published (not Linux x86-64) the build step says so and convolutions stay XLA's.
@@ -31,7 +36,7 @@ SRC   ?=
 # make test TESTS="tests/models tests/train/test_step.py" runs a part of the suite.
 TESTS ?=
 
-.PHONY: install install-convert install-dali train finetune sweep test test-newest test-core lint zoo bench bench-step bench-memory bench-products \
+.PHONY: install install-convert install-dali train data-fashion-mnist finetune sweep test test-newest test-latest test-core lint zoo bench bench-step bench-memory bench-products \
 	bench-loop bench-compile bench-input bench-population clean
 
 install: $(SETUP)
@@ -40,10 +45,10 @@ install: $(SETUP)
 # oneDNN kernels) and the test extra. oneDNN's headers come from the same release as its
 # library (onednn-devel-cpu-gomp pins onednn-cpu-gomp; tests/kernels/test_onednn.py checks the
 # two versions agree).
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(wildcard $(LOCK))
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[train,test]'
+	$(PY) -m pip install --quiet --upgrade pip $$(.ci/lock-args $(PY) "$(LOCK)")
+	$(PY) -m pip install --quiet $$(.ci/lock-args $(PY) "$(LOCK)") -e '.[train,test]'
 	touch $(STAMP)
 
 $(KERNELS): resflax/kernels/onednn_conv.cc resflax/kernels/build.py $(STAMP)
@@ -54,7 +59,7 @@ $(KERNELS): resflax/kernels/onednn_conv.cc resflax/kernels/build.py $(STAMP)
 install-convert: $(VENV)/.installed-convert
 
 $(VENV)/.installed-convert: $(SETUP)
-	$(PY) -m pip install --quiet -e '.[train,test,convert]'
+	$(PY) -m pip install --quiet $$(.ci/lock-args $(PY) "$(LOCK)") -e '.[train,test,convert]'
 	touch $@
 
 # NVIDIA DALI for data.pipeline=dali (about 700 MB with its codecs): the build for the CUDA of
@@ -65,11 +70,21 @@ install-dali: $(VENV)/.installed-dali
 $(VENV)/.installed-dali: $(SETUP)
 	@extra=$$($(PY) -c "import importlib.util as u; print('dali-cuda12' if u.find_spec('jax_cuda12_plugin') else 'dali')"); \
 	echo "make install-dali: resflax[$$extra]"; \
-	$(PY) -m pip install --quiet -e ".[train,test,$$extra]"
+	$(PY) -m pip install --quiet $$(.ci/lock-args $(PY) "$(LOCK)") -e ".[train,test,$$extra]"
 	touch $@
 
 train: $(SETUP)
 	$(PY) -m resflax.main --config=$(CONFIG) --workdir=$(WORKDIR) $(FLAGS)
+
+# Fashion-MNIST's four IDX files (30 MB) where the fashion_mnist recipe looks by default:
+# Debian's dataset-fashion-mnist, through apt where this is Debian and we are root.
+FMNIST_DIR := /usr/share/datasets/fashion-mnist
+data-fashion-mnist:
+	@if [ -f $(FMNIST_DIR)/t10k-labels-idx1-ubyte.gz ]; then echo "make data-fashion-mnist: in $(FMNIST_DIR)"; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  { apt-get install -y -q dataset-fashion-mnist || { apt-get update -q && apt-get install -y -q dataset-fashion-mnist; }; } >/dev/null \
+	  && echo "make data-fashion-mnist: installed dataset-fashion-mnist into $(FMNIST_DIR)"; \
+	else echo "make data-fashion-mnist: no apt-get as root here: download the four IDX files from https://github.com/zalandoresearch/fashion-mnist (data/fashion) and pass --config.data.folder=<their folder>"; exit 1; fi
 
 finetune: $(SETUP)
 	@test -n "$(SRC)" || { echo "make finetune: give SRC=<torchvision .pth or .safetensors>"; exit 1; }
@@ -97,7 +112,20 @@ test-newest:
 	@py="$$(.ci/newest-python)"; \
 	if [ -z "$$py" ]; then echo "make test-newest: no Python 3.12+ on PATH or in pyenv"; exit 1; fi; \
 	echo "make test-newest: $$py ($$($$py --version)) in $(NEWEST_VENV)"; \
-	$(MAKE) --no-print-directory test VENV=$(NEWEST_VENV) PYTHON="$$py" TESTS="$(NEWEST_TESTS)"
+	$(MAKE) --no-print-directory test VENV=$(NEWEST_VENV) PYTHON="$$py" LOCK=.ci/locks/newest.txt \
+	  TESTS="$(NEWEST_TESTS)"
+
+# The canary: the latest releases within pyproject's ranges on the newest Python, in a new
+# environment, through the same core of the suite; on success it rewrites .ci/locks/newest.txt,
+# so moving the gate forward is this command and one reviewed diff (`git diff .ci/locks`).
+LATEST_VENV ?= .venv-latest
+test-latest:
+	@py="$$(.ci/newest-python)"; \
+	if [ -z "$$py" ]; then echo "make test-latest: no Python 3.12+ on PATH or in pyenv"; exit 1; fi; \
+	rm -rf $(LATEST_VENV); \
+	$(MAKE) --no-print-directory test VENV=$(LATEST_VENV) PYTHON="$$py" LOCK= TESTS="$(NEWEST_TESTS)" \
+	  && .ci/freeze-lock $(LATEST_VENV)/bin/python .ci/locks/newest.txt \
+	  && echo "make test-latest: passed; review and commit: git diff .ci/locks/newest.txt"
 
 # `pip install resflax` (no extras) is enough for the models: builds the wheel (checking its
 # metadata and build log), installs it alone into a new venv under the test's tmp folder (the
@@ -105,7 +133,7 @@ test-newest:
 # example there (tests/test_packaging.py). About 2 minutes, so not part of `make test`;
 # .ci/run runs it.
 test-core: $(SETUP)
-	RESFLAX_TEST_CORE_INSTALL=1 XLA_FLAGS="$(XLA_TEST_FLAGS)" $(PY) -m pytest -q -rs --durations=3 \
+	RESFLAX_TEST_CORE_INSTALL=1 RESFLAX_CORE_LOCK=.ci/locks/core.txt XLA_FLAGS="$(XLA_TEST_FLAGS)" $(PY) -m pytest -q -rs --durations=3 \
 	  tests/test_packaging.py::test_the_core_install_is_enough_for_the_models
 
 lint: $(SETUP)

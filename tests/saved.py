@@ -6,6 +6,8 @@ import json
 import jax
 import orbax.checkpoint as ocp
 
+from resflax.runtime.platform import single_device_sharding
+
 TIMING = {"steps_per_sec", "images_per_sec"}
 
 
@@ -14,7 +16,7 @@ def saved_state(workdir, step):
     and processes wrote them."""
     path = workdir / "checkpoints" / str(step) / "state"
     checkpointer = ocp.StandardCheckpointer()
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    device = single_device_sharding(jax.devices()[0])
     target = jax.tree.map(
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
         checkpointer.metadata(path).item_metadata,

@@ -199,7 +199,11 @@ def _core_venv(tmp: Path) -> tuple[Path, dict[str, float]]:
     times["wheel"] = _run(build, tmp / "wheel.log")
     (wheel,) = wheels.glob("resflax-*.whl")
     _check_wheel(wheel, (tmp / "wheel.log").read_text())
-    times["install"] = _run([python, "-m", "pip", "install", wheel], tmp / "install.log")
+    # `make test-core` installs the locked versions (.ci/locks/core.txt); run alone, the ranges.
+    lock = os.environ.get("RESFLAX_CORE_LOCK")
+    constrain = ["-c", ROOT / lock] if lock else []
+    install = [python, "-m", "pip", "install", *constrain, wheel]
+    times["install"] = _run(install, tmp / "install.log")
     return python, times
 
 
