@@ -11,6 +11,7 @@ traceback instead. Pickled weights that would run code are refused without runni
 
 from __future__ import annotations
 
+import gzip
 import os
 import pickle
 import subprocess
@@ -32,6 +33,7 @@ from tests.test_main import ROOT
 # would turn that into the error under test.
 pytestmark = pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")
 DIGITS = "--config=experiments/configs/digits.py"
+FMNIST = "--config=experiments/configs/fashion_mnist.py:resnet20"
 W = "--workdir={tmp}/w"
 TINY = ["--config.model.stage_sizes=(1, 1, 1)", "--config.model.widths=(4, 8, 16)",
         "--config.model.stem_width=4", "--config.num_steps=2", "--config.schedule.warmup=0",
@@ -106,6 +108,19 @@ def _weights(root: Path) -> None:
     )
 
 
+def _idx_folders(data: Path) -> None:
+    """Fashion-MNIST-shaped IDX folders: a truncated train image file, a label out of range."""
+    from tests.data.test_idx import write_folder
+
+    root, _ = write_folder(data / "idx_truncated", n_train=64)
+    images = root / "train-images-idx3-ubyte.gz"
+    images.write_bytes(gzip.compress(gzip.decompress(images.read_bytes())[:-100]))
+    root, _ = write_folder(data / "idx_label", n_train=64)
+    labels = bytearray(gzip.decompress((root / "t10k-labels-idx1-ubyte.gz").read_bytes()))
+    labels[-1] = 10
+    (root / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(bytes(labels)))
+
+
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
     root = tmp_path_factory.mktemp("bad_inputs")
@@ -117,6 +132,7 @@ def inputs(tmp_path_factory):
     _images(data / "no_test", splits=("train",))
     _images(data / "one_class", classes=("a",))
     _images(data / "empty_class")
+    _idx_folders(data)
     (data / "empty_class" / "train" / "c").mkdir()
     _images(data / "empty_splits", count=0)
     _images(data / "junk")
@@ -187,8 +203,19 @@ CASES = [
      ["schedule.warmup=50 steps must be below num_steps=10"]),
     ("digits_num_classes", "main", [DIGITS, W, "--config.data.num_classes=5"],
      ["data.num_classes=5", "'digits' has 10 classes"]),
-    ("data_name", "main", [DIGITS, W, "--config.data.name=mnist"],
-     ["data.name='mnist' is not one of", "cifar10"]),
+    ("data_name", "main", [DIGITS, W, "--config.data.name=svhn"],
+     ["data.name='svhn' is not one of", "cifar10"]),
+    ("fmnist_no_folder", "main", [FMNIST, W, "--config.data.folder={tmp}/nowhere"],
+     ["/nowhere", "make data-fashion-mnist", "--config.data.folder"]),
+    ("fmnist_truncated", "main", [FMNIST, W, *TINY, "--config.data.folder={data}/idx_truncated"],
+     ["idx_truncated/train-images-idx3-ubyte.gz", "truncated"]),
+    ("fmnist_label", "main", [FMNIST, W, *TINY, "--config.data.folder={data}/idx_label"],
+     ["idx_label/t10k-labels-idx1-ubyte.gz", "10"]),
+    ("fmnist_schedule", "main", [FMNIST + ",slow", W], ["schedule 'slow' is not one of"]),
+    ("fmnist_augment", "main", [FMNIST, W, "--config.data.augment=rotate"],
+     ["data.augment='rotate' is not one of"]),
+    ("fmnist_erasing", "main", [FMNIST, W, "--config.data.random_erasing=1.5"],
+     ["data.random_erasing=1.5", "[0, 1]"]),
     ("model_name", "main", [DIGITS, W, "--config.model.name=resnet19"],
      ["unknown model 'resnet19'; similar: resnet18"]),
     ("ops_value", "main", [DIGITS, W, "--config.ops.conv=fft"],

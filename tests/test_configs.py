@@ -19,6 +19,7 @@ ARGS = {
     "fake_data": [None, "resnet18", "resnet56"],
     "imagenette": [None, "18", "resnet50d"],
     "finetune": [None, "resnet18"],
+    "fashion_mnist": [None, "32", "resnet56,paper", "wrn28_10,fast"],
 }
 
 
@@ -36,8 +37,9 @@ def test_config_validates_and_builds_its_model(name, arg):
     config = load(name, arg)
     config_lib.validate(config)
     entry = get_entry(config.model.name)
-    if arg is not None and not arg.isdigit():
-        assert config.model.name == arg
+    model = arg and arg.split(",")[0]  # fashion_mnist: <model>,<schedule>
+    if model is not None and not model.isdigit():
+        assert config.model.name == model
     model = create_model(entry.name, dtype=config.dtype, **config_lib.model_overrides(config))
     assert count_params(model, (1, 32, 32, 3)) == entry.params
     if name == "fake_data":
@@ -64,6 +66,34 @@ def test_cifar_recipe_is_the_papers():
     )
     assert load("cifar10", "110").schedule.warmup == 400 and c.schedule.warmup == 0
     assert load("cifar100", "56").data.name == "cifar100"
+
+
+def test_fashion_mnist_paper_schedule_is_zhongs():
+    """Zhong et al. 2017's Fashion-MNIST protocol: 300 epochs of batch 128, lr 0.1 ÷10 at 150
+    and 225, momentum 0.9, weight decay 5e-4 on every parameter, pad 4 + crop + flip."""
+    c = load("fashion_mnist", "resnet44,paper")
+    steps = config_lib.to_steps(c, steps_per_epoch=60_000 // 128)
+    assert (c.model.name, c.data.name, c.batch_size, c.num_epochs) == (
+        "resnet44", "fashion_mnist", 128, 300,
+    )  # fmt: skip
+    assert steps.boundaries == (150 * 468, 225 * 468) and c.schedule.decay_factor == 0.1
+    assert (c.optimizer.learning_rate, c.optimizer.momentum, c.optimizer.nesterov) == (
+        0.1,
+        0.9,
+        False,
+    )
+    assert c.optimizer.weight_decay == 5e-4 and c.optimizer.decay_norm_and_bias
+    assert c.data.augment is None and c.data.pad == 4 and c.data.random_erasing == 0
+    assert load("fashion_mnist").num_epochs == 20
+
+
+@pytest.mark.parametrize(
+    ("arg", "message"),
+    [("resnet20,slow", "schedule 'slow' is not one of"), ("1202", "'1202' is not in the table")],
+)
+def test_fashion_mnist_refuses_what_it_does_not_have(arg, message):
+    with pytest.raises(ValueError, match=message):
+        load("fashion_mnist", arg)
 
 
 def test_imagenet_recipe_is_goyal():

@@ -73,7 +73,7 @@ BAD_INPUT = [
     (["--config.num_stepz=5"], DIGITS, "unknown config key 'num_stepz'; Did you mean"),
     (["--config.batch_size=100"], DIGITS, "batch_size=100 is not divisible by the 8 devices"),
     (["--config.optimizer.learning_rate=-0.1"], DIGITS, "learning_rate=-0.1 must be positive"),
-    (["--config.data.name=mnist"], DIGITS, "data.name='mnist' is not one of"),
+    (["--config.data.name=svhn"], DIGITS, "data.name='svhn' is not one of"),
     (["--config.xla_cpu_flags=xla_cpu_ftz"], DIGITS, "entry 'xla_cpu_ftz' is not an XLA flag"),
     (["--config.host_malloc=keep"], DIGITS, "host_malloc='keep' is not one of"),
     (["--config.ops.name=fast"], DIGITS, "ops.name='fast' is not one of ('auto', 'plain')"),

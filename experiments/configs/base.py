@@ -64,7 +64,8 @@ def get_config() -> config_dict.ConfigDict:
         )
     )
 
-    # name: digits (embedded, offline) | fake (synthetic, for throughput) | cifar10 | cifar100 |
+    # name: digits (embedded, offline) | fake (synthetic, for throughput) | fashion_mnist |
+    # mnist | kmnist (IDX files, in memory) | cifar10 | cifar100 |
     # imagenet2012 | imagenette (tensorflow-datasets) | image_folder (<folder>/<split>/<class>/).
     c.data = config_dict.ConfigDict(
         dict(
@@ -92,6 +93,15 @@ def get_config() -> config_dict.ConfigDict:
             channels=3,
             train_size=1_281_167,  # fake: examples per "epoch" (ImageNet's train split)
             eval_size=512,
+            # fashion_mnist | mnist | kmnist (resflax/data/mnist_family.py): the four IDX files
+            # in data.folder (None: /usr/share/datasets/<name>, where Debian's
+            # dataset-fashion-mnist puts them) | "tfds": tensorflow-datasets' prepared copy.
+            reader="idx",
+            # None: the data set's ("pad_crop_flip" Fashion-MNIST, "pad_crop" MNIST and KMNIST,
+            # which are not mirror symmetric) | "none" | "pad_crop" | "pad_crop_flip"
+            augment=placeholder(str),
+            pad=4,  # pixels of zero padding before the random crop
+            random_erasing=0.0,  # probability of random erasing (Zhong et al. 2017); 0: off
         )
     )
 

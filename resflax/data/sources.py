@@ -10,8 +10,10 @@ from typing import Any
 from resflax.data.arrays import ArrayIterator
 from resflax.data.synthetic import SyntheticIterator
 
-# In memory: the embedded digits and synthetic batches. Through tensorflow-datasets: the rest.
+# In memory: the embedded digits and synthetic batches; the MNIST family, read whole from IDX
+# files (or through tensorflow-datasets) and augmented on the host. Through tf.data: the rest.
 SOURCES = ("digits", "fake")
+IDX_SOURCES = ("fashion_mnist", "mnist", "kmnist")
 TFDS_SOURCES = ("cifar10", "cifar100", "imagenet2012", "imagenette", "image_folder")
 
 
@@ -76,6 +78,10 @@ def make_source(
             num_classes=10,
             steps_per_epoch=train.steps_per_epoch,
         )
+    if data.name in IDX_SOURCES:
+        from resflax.data.mnist_family import make_mnist_source
+
+        return make_mnist_source(data, local=local, local_eval=local_eval, seed=seed, **shard)
     if data.name == "fake":
         return _fake(
             data, batch_size=batch_size, eval_batch_size=eval_batch_size, local=local,
@@ -94,7 +100,9 @@ def make_source(
         return make_tfds_source(
             data, batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed, **shard
         )
-    raise ValueError(f"data.name={data.name!r} is not one of {SOURCES + TFDS_SOURCES}")
+    raise ValueError(
+        f"data.name={data.name!r} is not one of {SOURCES + IDX_SOURCES + TFDS_SOURCES}"
+    )
 
 
 def _fake(

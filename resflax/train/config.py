@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from resflax.data.sources import SOURCES, TFDS_SOURCES
+from resflax.data.sources import IDX_SOURCES, SOURCES, TFDS_SOURCES
 from resflax.models.registry import get_entry
 from resflax.models.resnet import ResNet
 from resflax.ops import Ops, auto, plain
@@ -109,8 +109,9 @@ def _check_pipeline(config: Any) -> None:
 
 def _check_data(data: Any) -> None:
     """The data block's sizes and fractions (the data set's own checks come when it is read)."""
-    if data.name not in SOURCES + TFDS_SOURCES:
-        raise ValueError(f"data.name={data.name!r} is not one of {SOURCES + TFDS_SOURCES}")
+    names = SOURCES + IDX_SOURCES + TFDS_SOURCES
+    if data.name not in names:
+        raise ValueError(f"data.name={data.name!r} is not one of {names}")
     if data.prefetch < 0:
         raise ValueError(f"data.prefetch={data.prefetch} must be >= 0")
     _positive("data.image_size", data.image_size, allow_none=True)
@@ -118,6 +119,11 @@ def _check_data(data: Any) -> None:
         raise ValueError(f"data.num_classes={data.num_classes} must be at least 2")
     if data.parallel_calls != -1 and data.parallel_calls < 1:
         raise ValueError(f"data.parallel_calls={data.parallel_calls} must be -1 (auto) or >= 1")
+    if data.name in IDX_SOURCES:
+        from resflax.data.mnist_family import check_config  # reads no files
+
+        check_config(data)
+        return
     for name in ("mean", "std"):
         value = data[name]
         if value is not None and (len(value) != data.channels or min(value) < 0):
