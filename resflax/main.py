@@ -7,20 +7,39 @@
 The config is locked: overriding a key that does not exist is an error. `--config.num_steps`
 or `--config.num_epochs` replaces the recipe's length, whichever unit it was written in
 (`none` clears one; numbers for both are an error). Needs the `train` extra. Exit status: 0 when
-finished or preempted (SIGTERM; run again to resume), 1 on a bad config or input, 2 on
-divergence (non-finite loss). Every failure is one line on stderr, `resflax: error: ...`,
-naming the bad value or file and what would be valid; the config, the workdir and the data are
-checked before the model is built, so bad input fails within seconds and prints nothing else.
+finished or preempted (SIGTERM or Ctrl-C: the current step is saved; run again to resume), 1 on
+a bad config or input, 2 on divergence (non-finite loss), 130/143 when SIGINT/SIGTERM arrive
+during start-up (nothing to save yet), 130 when a second Ctrl-C cuts a save short. Every
+failure is one line on stderr, `resflax: error: ...`, naming the bad value or file and what
+would be valid; the config, the workdir and the data are checked before the model is built, so
+bad input fails within seconds and prints nothing else.
 `RESFLAX_DEBUG=1` re-raises the error instead, with its traceback (resflax/cli.py).
 """
 
 from __future__ import annotations
 
 import logging as std_logging
+import signal
 import sys
 from typing import Any
 
 from resflax import extras
+
+
+def _stopped_during_startup(signum: int, frame: Any) -> None:
+    """SIGTERM or SIGINT before the training loop takes them over (to save the current step
+    and exit 0): there is nothing to save yet. One line, and the shell's status for the signal
+    (128 + its number); SystemExit unwinds, so a workdir lock taken so far is released."""
+    del frame
+    name = signal.Signals(signum).name
+    print(f"resflax: error: stopped by {name} during start-up, before the first step: nothing "
+          "to save, nothing in the workdir changed", file=sys.stderr, flush=True)  # fmt: skip
+    raise SystemExit(128 + signum)
+
+
+if __name__ == "__main__":
+    for _signal in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(_signal, _stopped_during_startup)
 
 # Before absl and ml_collections, which the train extra installs: without it, one line naming
 # the extra (exit status 1) rather than a traceback.
@@ -124,16 +143,23 @@ def main(argv: list[str]) -> None:
         handler.addFilter(_LibraryInfoFilter())
     try:
         summary = _train(argv, _WORKDIR.value)
+    except KeyboardInterrupt:  # a second Ctrl-C while the first one's save was under way
+        cli.fail(
+            f"interrupted (SIGINT) twice: the save was cut short; the newest complete "
+            f"checkpoint in {_WORKDIR.value} is intact (run again to resume)",
+            status=130,
+        )
     except Exception as e:  # every failure is one line (RESFLAX_DEBUG re-raises)
         # Not imported up front: the loop's imports would precede the malloc setting.
         loop = sys.modules.get("resflax.train.loop")
         diverged = loop is not None and isinstance(e, loop.NonFiniteLossError)
         cli.fail(e, status=2 if diverged else 1)
     final = summary["final_eval"] or {}
+    # Nothing evaluated (no member left, or a stop before any evaluation): say so, not "nan%".
+    result = f"test top-1 {100 * final['top1']:.2f}%" if "top1" in final else "not evaluated"
     logging.info(
-        "%s at step %d/%d; test top-1 %.2f%%; summary in %s/summary.json",
-        summary["status"], summary["step"], summary["total_steps"],
-        100 * final.get("top1", float("nan")), _WORKDIR.value,
+        "%s at step %d/%d; %s; summary in %s/summary.json",
+        summary["status"], summary["step"], summary["total_steps"], result, _WORKDIR.value,
     )  # fmt: skip
 
 

@@ -215,7 +215,9 @@ def test_sigkill_during_a_save_resumes_from_the_last_complete_step(straight, tmp
 
 
 @pytest.mark.slow
-def test_sigterm_saves_the_current_step_and_exits_zero(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_sigterm_or_ctrl_c_saves_the_current_step_and_exits_zero(tmp_path, signum):
+    """A scheduler's SIGTERM and a user's Ctrl-C are treated alike: save, exit 0, resume."""
     flags = [*TINY, "--config.num_steps=5000", "--config.checkpoint_every_steps=0"]
     process, output = start(tmp_path, *flags)
     deadline = time.monotonic() + 240
@@ -223,13 +225,14 @@ def test_sigterm_saves_the_current_step_and_exits_zero(tmp_path):
         metrics = tmp_path / "metrics.jsonl"
         while time.monotonic() < deadline and process.poll() is None:
             if metrics.exists() and metrics.read_text().count("\n") >= 2:
-                process.send_signal(signal.SIGTERM)
+                process.send_signal(signum)
                 break
             time.sleep(0.05)
         process.wait(timeout=120)
     finally:
         process.kill()
     assert process.returncode == 0, output()[-3000:]
+    assert "Traceback" not in output() and f"{signum.name} received: saving" in output()
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "preempted" and 4 <= summary["step"] < 5000
     assert steps_saved(tmp_path) == [summary["step"]]
@@ -254,3 +257,28 @@ def test_default_run_reaches_the_accuracy_bar(tmp_path, monkeypatch):
     assert summary["execution"]["ops"]["conv"] == ("onednn" if onednn.available() else "dot")
     assert summary["final_eval"]["num_examples"] == 359
     assert summary["final_eval"]["top1"] >= 0.97
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_during_start_up_is_one_line_and_the_shells_status(tmp_path, signum):
+    """Before the loop takes the signals over there is nothing to save: one line, exit
+    128 + the signal's number, no traceback, nothing written in the workdir. (The signal is
+    sent once the workdir has been checked, seconds before the first step; in the second
+    or so before resflax.main runs at all, while Python imports jax, a signal has its default
+    effect.)"""
+    workdir = tmp_path / "w"
+    process, output = start(workdir, *TINY)
+    deadline = time.monotonic() + 120
+    while not workdir.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signum)
+    try:
+        process.wait(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 128 + signum, output()[-3000:]
+    assert output().strip().splitlines() == [
+        f"resflax: error: stopped by {signum.name} during start-up, before the first step: "
+        "nothing to save, nothing in the workdir changed"
+    ]
+    assert {p.name for p in workdir.iterdir()} <= {"resflax.lock"}  # no checkpoint, no metrics

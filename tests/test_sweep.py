@@ -107,6 +107,7 @@ def _population_member(workdir, depth, top1s):
     summary = {
         "status": "finished", "model": f"resnet{depth}", "num_params": 1000,
         "num_classes": 10, "image_shape": [8, 8, 1], "train_seconds": 10.0,
+        "total_steps": 20, "epochs": 2.0,
         "final_eval": {"top1": stats["top1"]["mean"], "num_examples": 359},
         "best_eval": {"top1": max(top1s) + 0.01},
         "population": {"size": len(top1s), "members": rows, "final_eval": stats,
@@ -114,7 +115,7 @@ def _population_member(workdir, depth, top1s):
     }  # fmt: skip
     (workdir / "summary.json").write_text(json.dumps(summary))
     lines = [
-        {"step": s, "split": sp, "member": k, "top1": t}
+        {"step": s, "split": sp, "member": k, "top1": t, "loss": 1 - t}
         for s in (10, 20) for sp in ("train", "eval") for k, t in enumerate(top1s)
     ]  # fmt: skip
     (workdir / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
@@ -131,7 +132,8 @@ def test_a_sweep_of_populations_reports_mean_std_and_best(tmp_path):
     assert "| 8.00 ± 2.00% (best 6.00%, n=3) |" in table
     assert "| 5.00 ± 0.00% (best 5.00%, n=2) |" in table
     assert "8.75%" in table and "each member is a population of 2/3" in table
-    for png in ("error_vs_depth.png", "curves.png"):
+    assert "![population bands per epoch](bands.png)" in table
+    for png in ("error_vs_depth.png", "curves.png", "bands.png"):
         assert (tmp_path / "out" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     curve = sweep_lib.mean_lines(
         [json.loads(x) for x in (tmp_path / "runs/depth20/metrics.jsonl").read_text().splitlines()]
@@ -139,3 +141,25 @@ def test_a_sweep_of_populations_reports_mean_std_and_best(tmp_path):
     assert {(x["step"], x["split"]): round(x["top1"], 6) for x in curve} == {
         (s, sp): 0.92 for s in (10, 20) for sp in ("train", "eval")
     }
+
+
+def test_epoch_bands_are_the_members_mean_and_sample_std_per_epoch():
+    """Epoch e holds the evaluation at its end and each member's mean training loss within it;
+    a non-finite value (a diverged member) is left out and the count says so."""
+    from experiments.bands import epoch_bands
+
+    lines = [{"step": s, "split": "train", "member": k, "loss": loss}
+             for k, losses in enumerate([(4.0, 2.0, 1.0, 1.0), (6.0, 4.0, 3.0, float("nan"))])
+             for s, loss in zip((5, 10, 15, 20), losses, strict=True)]  # fmt: skip
+    evals = ((10, (0.5, 0.7)), (20, (0.8, 0.9)))
+    lines += [{"step": s, "split": "eval", "member": k, "top1": t}
+              for s, tops in evals for k, t in enumerate(tops)]  # fmt: skip
+    b = epoch_bands(lines, steps_per_epoch=10)
+    np.testing.assert_array_equal(b["epoch"], [1, 2])
+    np.testing.assert_allclose(b["test_mean"], [0.6, 0.85])
+    np.testing.assert_allclose(
+        b["test_std"], [np.std([0.5, 0.7], ddof=1), np.std([0.8, 0.9], ddof=1)]
+    )
+    # Epoch 1: members' means 3.0 and 5.0; epoch 2: 1.0 and (3.0, nan) -> nan, left out.
+    np.testing.assert_allclose(b["loss_mean"], [4.0, 1.0])
+    assert b["loss_n"].tolist() == [2, 1] and np.isnan(b["loss_std"][1])

@@ -144,6 +144,11 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
+    def latest_good(self) -> str:
+        """For a divergence message: which checkpoint a resume would start from."""
+        step = self.latest_step()
+        return "no checkpoint saved yet" if step is None else f"latest good checkpoint: step {step}"
+
     def _step_dir(self, step: int) -> Path:
         return Path(self.manager.directory) / str(step)
 

@@ -4,6 +4,7 @@ checks with errors that name the bad value, and the values derived from it."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 from resflax.data.sources import IDX_SOURCES, SOURCES, TFDS_SOURCES
@@ -36,8 +37,9 @@ LEGACY_EXECUTION_FIELDS = {
 def _positive(name: str, value: Any, *, allow_none: bool = False) -> None:
     if value is None and allow_none:
         return
-    if value is None or not value > 0:
-        raise ValueError(f"{name}={value} must be positive")
+    # `not value > 0` is also true of NaN; inf is refused here rather than met as a divergence.
+    if value is None or not value > 0 or not math.isfinite(value):
+        raise ValueError(f"{name}={value} must be positive and finite")
 
 
 def model_overrides(config: Any) -> dict[str, Any]:
@@ -161,8 +163,8 @@ def _check_optimizer(config: Any) -> None:
     _in_unit_interval("optimizer.momentum", opt.momentum)
     _in_unit_interval("optimizer.b1", opt.b1)
     _in_unit_interval("optimizer.b2", opt.b2)
-    if opt.weight_decay < 0:
-        raise ValueError(f"optimizer.weight_decay={opt.weight_decay} must be >= 0")
+    if not 0 <= opt.weight_decay < math.inf:
+        raise ValueError(f"optimizer.weight_decay={opt.weight_decay} must be >= 0 and finite")
     _positive("optimizer.grad_clip_norm", opt.grad_clip_norm, allow_none=True)
     _positive("optimizer.trust_coefficient", opt.trust_coefficient)
     sched = config.schedule

@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import functools
 import hashlib
-import json
 import signal
 import threading
 import time
@@ -34,18 +33,23 @@ from resflax.train import resume
 from resflax.train import step as step_lib
 from resflax.train.lock import WorkdirLock
 from resflax.train.setup import Run, execution, setup
-from resflax.train.writers import MetricWriter, Progress
+from resflax.train.writers import MetricWriter, Progress, strict_json
 
 
 class NonFiniteLossError(RuntimeError):
     """Training diverged; the message names the first bad step."""
 
 
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
 class _Preemption:
-    """Turns SIGTERM into a flag the loop checks between steps (installed only where Python
-    allows handlers: the main thread). With several processes JAX's preemption service owns
-    SIGTERM instead, and orbax's `reached_preemption` tells every process to stop at the same
-    step."""
+    """Turns SIGTERM and SIGINT (Ctrl-C) alike into a flag the loop checks between steps: the
+    run saves the current step and exits 0, resumable (installed only where Python allows
+    handlers: the main thread). A second SIGINT while that save is under way interrupts it
+    (the previous checkpoint stays intact). With several processes JAX's preemption service
+    owns SIGTERM instead, and orbax's `reached_preemption` tells every process to stop at the
+    same step."""
 
     def __init__(self, manager: Any = None) -> None:
         self.requested = False
@@ -58,17 +62,27 @@ class _Preemption:
         return self.requested
 
     def _handle(self, signum: int, frame: Any) -> None:
-        del signum, frame
+        del frame
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # asked twice: stop now
         self.requested = True
+        logging.warning(
+            "%s received: saving the current step, then exiting (run again to resume)",
+            signal.Signals(signum).name,
+        )
 
     def __enter__(self) -> _Preemption:
-        if self._manager is None and threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        # Several processes: JAX's preemption service owns SIGTERM, and a Ctrl-C reaches one
+        # process only, which cannot save alone: it ends that process (main.py says so).
+        signals = () if self._manager is not None else SIGNALS
+        self._previous = {s: signal.signal(s, self._handle) for s in signals}
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for signum, previous in (self._previous or {}).items():
+            signal.signal(signum, previous)
 
 
 @jax.jit
@@ -180,8 +194,8 @@ class Session:
             if not np.isfinite(fetched["loss_sum"]):
                 raise NonFiniteLossError(
                     f"training loss is {fetched['loss_sum']} at step {at} (learning rate "
-                    f"{float(self.run.schedule(at - 1)):.4g}); stopped, latest good checkpoint: "
-                    f"step {self.run.checkpointer.latest_step()}"
+                    f"{float(self.run.schedule(at - 1)):.4g}); stopped, "
+                    f"{self.run.checkpointer.latest_good()}"
                 )
             self.window = _add(self.window, fetched)
         self.pending = []
@@ -199,6 +213,10 @@ class Session:
     def complete(self, summary: dict[str, Any]) -> dict[str, Any]:
         """The summary as this kind of session reports it (a population adds its members)."""
         return summary
+
+    def final_evaluation(self) -> Any:
+        """The evaluation a summary reports (a population's leaves out stopped members)."""
+        return self.evaluate()
 
     def evaluate(self) -> dict[str, float]:
         run = self.run
@@ -220,8 +238,8 @@ class Session:
         single = run.parallel.unreplicate(run.state)
         if not bool(_all_finite((single.params, single.batch_stats, single.opt_state))):
             raise NonFiniteLossError(
-                f"the training state became non-finite by step {self.step}; not saved (latest "
-                f"good checkpoint: step {run.checkpointer.latest_step()})"
+                f"the training state became non-finite by step {self.step}; not saved "
+                f"({run.checkpointer.latest_good()})"
             )
         seconds = run.loop["train_seconds"] + self.elapsed()
         position = {
@@ -243,7 +261,7 @@ def summarise(run: Run, session: Session) -> dict[str, Any]:
     last_eval = session.last_eval
     if last_eval is None and status == "finished":
         # Resumed a run that had already finished: evaluate so the summary is complete.
-        last_eval = session.evaluate()
+        last_eval = session.final_evaluation()
     summary = {
         "status": status, "model": config.model.name, "num_params": run.num_params,
         "data": data.name, "image_shape": list(data.image_shape),
@@ -260,7 +278,7 @@ def summarise(run: Run, session: Session) -> dict[str, Any]:
     summary = session.complete(summary)
     logging.info("process %d: parameter digest %s", jax.process_index(), summary["param_digest"])
     if run.lead:
-        (run.workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        (run.workdir / "summary.json").write_text(strict_json(summary, indent=2) + "\n")
     return summary
 
 

@@ -75,6 +75,14 @@ class Members:
 
 def _check_values(name: str, values: tuple[Any, ...]) -> None:
     for value in values:
+        # What the command line could not parse arrives as a string ('(0.1,abc)' is one);
+        # 1e400 arrives as inf. Each is named here, before the count is compared.
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not number or not np.isfinite(value):
+            raise ValueError(
+                f"population.{name}={values}: {value!r} is not a finite number; give a tuple "
+                f"of numbers, one per member, e.g. --config.population.{name}='(0.1, 0.2)'"
+            )
         if name == "seed":
             ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
             valid = "non-negative integers"
@@ -118,12 +126,12 @@ def members(config: Any) -> Members | None:
         raise ValueError(f"population.data_order={pop.data_order!r} is not one of {DATA_ORDERS}")
     _check_run(config, given)
     for name, values in given.items():
+        _check_values(name, values)
         if len(values) != size:
             raise ValueError(
                 f"population.{name} has {len(values)} values for population.size={size}; give "
                 f"{size} (one per member) or none (every member: {VARY[name]})"
             )
-        _check_values(name, values)
     return _members(config, size, given, own_order=pop.data_order == "own")
 
 

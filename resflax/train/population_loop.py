@@ -21,6 +21,8 @@ from resflax.train.loop import NonFiniteLossError, Session, _add, param_digest
 from resflax.train.setup import Run
 from resflax.train.writers import Progress
 
+STOP_REASON = "non-finite loss or state"
+
 
 class PopulationSession(Session):
     """`Session` for `run.members`: `self.window` is a list of metric windows, one per member;
@@ -73,6 +75,11 @@ class PopulationSession(Session):
         for k in population.stopped(steps, self.step):
             if k not in self.stopped:
                 self.stopped[k] = at = int(steps[k]) + 1
+                # Out of every statistic from here on: its window (the steps that led to the
+                # divergence) is dropped, and one row says why it has no more rows.
+                self.window[k] = {}
+                self.writer.write(at, "train", {"status": "stopped", "reason": STOP_REASON},
+                                  member=k)  # fmt: skip
                 logging.warning(
                     "member %d (%s) stopped at step %d: its loss or state became non-finite "
                     "(learning rate %.4g); its last good state (step %d) is kept, the other "
@@ -82,15 +89,15 @@ class PopulationSession(Session):
         if len(self.stopped) == self.size:
             where = ", ".join(f"member {k} at step {s}" for k, s in sorted(self.stopped.items()))
             raise NonFiniteLossError(
-                f"every member of the population became non-finite ({where}); stopped, latest "
-                f"good checkpoint: step {self.run.checkpointer.latest_step()}"
+                f"every member of the population became non-finite ({where}); stopped, "
+                f"{self.run.checkpointer.latest_good()}"
             )
 
     def _log(self) -> None:
         self.heap_guard.check()
         rows = {}
         for k in range(self.size):
-            if self.window[k].get("count", 0) > 0:
+            if k not in self.stopped and self.window[k].get("count", 0) > 0:
                 lr = float(self.run.member_schedules[k](self.step - 1))
                 rows[k] = {**averages(self.window[k]), "learning_rate": lr}
         shown: dict[str, Any] = {
@@ -117,17 +124,28 @@ class PopulationSession(Session):
                 totals[k] = _add(totals[k], {n: v[k] for n, v in sums.items()})
         return [{**averages(t), "num_examples": int(t.get("count", 0))} for t in totals]
 
+    def evaluate_live(self) -> list[dict[str, float] | None]:
+        """`evaluate()` with None for each stopped member: a stopped member's frozen state is
+        not a result (NaN logits can even score 100%)."""
+        evals = self.evaluate()
+        return [None if k in self.stopped else e for k, e in enumerate(evals)]
+
+    final_evaluation = evaluate_live
+
     def _evaluate(self) -> None:
-        self.last_eval = evals = self.evaluate()
+        self.last_eval = evals = self.evaluate_live()
         best = self.run.loop["best"]
         for k, result in enumerate(evals):
+            if result is None:
+                continue
             self.writer.write(self.step, "eval", result, member=k)
             if best[k] is None or result["top1"] > best[k]["top1"]:
                 best[k] = {"step": self.step, **result}
-        top1 = [e["top1"] for e in evals]
+        top1 = [e["top1"] for e in evals if e is not None]
         logging.info(
-            "eval at step %d: top1 per member %s (mean %.4f)",
-            self.step, [round(t, 4) for t in top1], float(np.mean(top1)),
+            "eval at step %d: top1 per member %s (mean %.4f over %d of %d members)",
+            self.step, [None if e is None else round(e["top1"], 4) for e in evals],
+            float(np.mean(top1)), len(top1), self.size,
         )  # fmt: skip
         self.progress.start(self.step)
 
@@ -145,7 +163,9 @@ class PopulationSession(Session):
             else:
                 row["status"] = summary["status"]
             member_params = jax.tree_util.tree_map(lambda x, k=k: x[k], params)
-            row.update(final_eval=finals[k] if finals else None, best_eval=bests[k],
+            live = k not in self.stopped
+            row.update(final_eval=finals[k] if finals and live else None,
+                       best_eval=bests[k] if live else None,
                        param_digest=param_digest(member_params))  # fmt: skip
             rows.append(row)
         going = [r for r in rows if r["status"] != "stopped" and r["final_eval"]]
@@ -164,6 +184,7 @@ class PopulationSession(Session):
             summary["final_eval"] = {
                 **{name: block["final_eval"][name]["mean"] for name in ("top1", "top5", "loss")},
                 "num_examples": going[0]["final_eval"]["num_examples"],
+                "members": len(going),
             }
         else:
             summary["final_eval"] = None

@@ -16,6 +16,22 @@ from typing import Any
 from absl import logging
 
 
+def strict_json(value: Any, **kwargs: Any) -> str:
+    """`json.dumps` whose output every JSON parser accepts: a NaN or infinite float (a diverged
+    loss) becomes null, where Python's default writes the non-JSON tokens NaN and Infinity."""
+
+    def clean(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, list | tuple):
+            return [clean(x) for x in v]
+        return v
+
+    return json.dumps(clean(value), allow_nan=False, **kwargs)
+
+
 def _crc32c_table() -> list[int]:
     table = []
     for n in range(256):
@@ -119,7 +135,7 @@ class MetricWriter:
             return
         tag = {} if member is None else {"member": member}
         with self.path.open("a") as f:
-            f.write(json.dumps({"step": step, "split": split, **tag, **scalars}) + "\n")
+            f.write(strict_json({"step": step, "split": split, **tag, **scalars}) + "\n")
         from tensorboard.compat.proto import event_pb2, summary_pb2
 
         values = [
