@@ -27,6 +27,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from experiments.bands import epoch_bands, plot_bands
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -175,7 +177,7 @@ def collect(sweep: dict[str, Any], runs: Path, out: Path) -> str:
         header + " train time |",
         "|---|---|---:|---:|---:|---:|" + "---:|" * (2 if paper else 1),
     ]
-    points, curves, results = [], [], []
+    points, curves, results, bands = [], [], [], []
     for member in sweep["members"]:
         name = member_name(member)
         result = read_member(runs / name)
@@ -197,6 +199,8 @@ def collect(sweep: dict[str, Any], runs: Path, out: Path) -> str:
         if depth is not None and s.get("final_eval"):
             points.append((int(depth), final["mean"], ref, final["std"]))
         curves.append((name, mean_lines(result["lines"])))
+        if s.get("population"):
+            bands.append((name, epoch_bands(result["lines"], s["total_steps"] / s["epochs"])))
 
     source = sweep.get("paper_source", "")
     counts = {
@@ -233,8 +237,11 @@ def collect(sweep: dict[str, Any], runs: Path, out: Path) -> str:
             "![test error vs depth](error_vs_depth.png)",
             "",
             "![training curves](curves.png)",
+            *(["", "![population bands per epoch](bands.png)"] if bands else []),
         ]
     )
+    if bands:
+        plot_bands(bands, out / "bands.png")
     (out / "table.md").write_text(table + "\n")
 
     if points:
