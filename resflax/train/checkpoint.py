@@ -38,16 +38,26 @@ def _brief(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[:160]}"
 
 
-def _verify(arrays: dict[str, Any], position: dict[str, Any], meta: dict[str, Any]) -> None:
-    """Raises `CheckpointDamage` unless the restored step matches the checksums saved with it.
-    Steps written before checksums existed carry none; they pass on reading back alone."""
-    record = position.pop("integrity", None)
-    if record is None:
-        return
-    if integrity.json_digest(position) != record.get("data"):
+def _verify_records(meta: dict[str, Any], position: dict[str, Any]) -> dict[str, Any] | None:
+    """The step's checksum record, after checking the model record and the data position
+    against it: raises `CheckpointDamage` on any difference, so that a flipped bit in the model
+    record is damage, never "another model". None for steps written before checksums existed
+    (they pass on reading back alone)."""
+    if "integrity" not in position:
+        return None
+    record = position["integrity"]
+    rest = {k: v for k, v in position.items() if k != "integrity"}
+    if not isinstance(record, dict) or integrity.json_digest(rest) != record.get("data"):
         raise CheckpointDamage("its data position differs from its checksum")
     if integrity.json_digest(meta) != record.get("meta"):
         raise CheckpointDamage("its model record differs from its checksum")
+    return record
+
+
+def _verify(arrays: dict[str, Any], record: dict[str, Any] | None) -> None:
+    """Raises `CheckpointDamage` unless the restored arrays match the checksums saved with them."""
+    if record is None:
+        return
     bad = integrity.mismatches(record.get("arrays", {}), integrity.array_checksums(arrays))
     if bad:
         more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
@@ -152,9 +162,20 @@ class Checkpointer:
     def _step_dir(self, step: int) -> Path:
         return Path(self.manager.directory) / str(step)
 
-    def _read_meta(self, step: int) -> dict[str, Any]:
-        saved = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-        return dict(saved["meta"])
+    def _records(self, step: int) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
+        """Step `step`'s model record, data position (without its checksums) and checksum
+        record, the first two verified before either is believed; `CheckpointDamage` if not."""
+        if not self._step_dir(step).is_dir():
+            raise CheckpointDamage("its directory is missing")
+        try:
+            items = ocp.args.Composite(meta=ocp.args.JsonRestore(), data=ocp.args.JsonRestore())
+            saved = self.manager.restore(step, args=items)
+            meta, position = dict(saved["meta"]), dict(saved["data"])
+        except Exception as e:  # whatever orbax or the JSON parser says
+            raise CheckpointDamage(f"its records are unreadable ({_brief(e)})") from e
+        record = _verify_records(meta, position)
+        position.pop("integrity", None)
+        return meta, position, record
 
     def _compare(self, meta: dict[str, Any]) -> None:
         theirs = {k: v for k, v in meta.items() if k not in self.legacy_keys}
@@ -169,8 +190,8 @@ class Checkpointer:
         (an unreadable one is left to `restore`, which moves it aside or says what is wrong)."""
         for step in sorted(self.manager.all_steps(), reverse=True):
             try:
-                meta = self._read_meta(step)
-            except Exception:  # damage of any kind: look at an older step
+                meta, _, _ = self._records(step)
+            except CheckpointDamage:  # look at an older step
                 continue
             self._compare(meta)
             return
@@ -218,27 +239,17 @@ class Checkpointer:
 
     def _restore_step(self, step: int, target: TrainState) -> tuple[TrainState, dict[str, Any]]:
         """Step `step`, verified; raises `CheckpointDamage` saying what is wrong."""
-        if not self._step_dir(step).is_dir():
-            raise CheckpointDamage("its directory is missing")
-        try:
-            meta = self._read_meta(step)
-        except Exception as e:  # whatever orbax or the JSON parser says
-            raise CheckpointDamage(f"its model record is unreadable ({_brief(e)})") from e
+        meta, position, record = self._records(step)
         self._compare(meta)
         stored, legacy = self._stored_as(step, target)
         restore_args = ocp.checkpoint_utils.construct_restore_args(stored)
         try:
-            saved = self.manager.restore(
-                step,
-                args=ocp.args.Composite(
-                    state=ocp.args.PyTreeRestore(stored, restore_args=restore_args),
-                    data=ocp.args.JsonRestore(),
-                ),
-            )
-            arrays, position = dict(saved["state"]), dict(saved["data"])
-        except Exception as e:  # TensorStore, zstd, pytree or JSON errors
+            state = ocp.args.PyTreeRestore(stored, restore_args=restore_args)
+            saved = self.manager.restore(step, args=ocp.args.Composite(state=state))
+            arrays = dict(saved["state"])
+        except Exception as e:  # TensorStore, zstd or pytree errors
             raise CheckpointDamage(f"it does not read back ({_brief(e)})") from e
-        _verify(arrays, position, meta)  # against the checksums of the tree as it was saved
+        _verify(arrays, record)  # against the checksums of the tree as it was saved
         if legacy:
             arrays = tree_layout.drop_legacy_slot(arrays)
         key = jax.random.wrap_key_data(arrays.pop("key"), impl=_key_impl(target.key))

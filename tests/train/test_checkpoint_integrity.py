@@ -77,10 +77,27 @@ def delete_model_record(step):
     (step / "meta" / "metadata").unlink()
 
 
+def flipped_model_record(step):
+    # One bit: resnet20 -> resnet21, still valid JSON. Believed before it is verified, this
+    # read as "the workdir holds another model" and stopped the run (issue 35).
+    path = step / "meta" / "metadata"
+    text = path.read_text()
+    assert '"resnet20"' in text
+    path.write_text(text.replace('"resnet20"', '"resnet21"'))
+
+
+def edited_checksum_record(step):
+    path = step / "data" / "metadata"
+    position = json.loads(path.read_text())
+    digest = position["integrity"]["meta"]
+    position["integrity"]["meta"] = ("0" if digest[0] != "0" else "1") + digest[1:]
+    path.write_text(json.dumps(position))
+
+
 DAMAGE = [
     flip_one_bit, truncate_array_file, delete_array_file, delete_array_metadata,
     delete_data_position, malformed_data_position, edited_data_position, delete_state,
-    delete_model_record,
+    delete_model_record, flipped_model_record, edited_checksum_record,
 ]  # fmt: skip
 
 
