@@ -5,7 +5,9 @@ The lock is an `flock` on the file, which the kernel drops when its holder dies 
 `kill -9`), so a crashed run never blocks the next one; the file also records the holder's pid,
 host and start time, to name it in the refusal and to log a takeover. Where a filesystem
 grants `flock` without enforcing it, a holder recorded on this host whose pid is alive still
-refuses the second run.
+refuses the second run, unless the kernel has given that pid to another process since: the
+record holds the holder's start time (/proc/<pid>/stat), and a pid that started at another
+time is not the holder.
 """
 
 from __future__ import annotations
@@ -42,14 +44,31 @@ def _describe(holder: dict[str, Any] | None) -> str:
     return f"pid {holder['pid']} on {holder.get('host', '?')} (since {started})"
 
 
-def _alive(pid: int) -> bool:
+def _start_time(pid: int) -> int | None:
+    """When process `pid` started (clock ticks since boot, /proc/<pid>/stat's 22nd field), or
+    None where /proc does not say. A pid and its start time name one process: a pid the kernel
+    has reused for another process since has another start time."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: count from the last ")".
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return int(fields[19])
+
+
+def _alive(holder: dict[str, Any]) -> bool:
+    """Whether the recorded holder is still running: its pid exists and, where the record has
+    its start time (runs since 2026-12), that pid's process started then."""
+    pid = int(holder["pid"])
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True  # someone else's process
-    return True
+        pass  # someone else's process
+    started = holder.get("pid_start")
+    return started is None or _start_time(pid) in (None, started)
 
 
 class WorkdirLock:
@@ -81,19 +100,21 @@ class WorkdirLock:
         previous = _holder(os.pread(fd, 4096, 0).decode(errors="replace"))
         me = {"pid": os.getpid(), "host": socket.gethostname()}
         if previous is not None and {k: previous.get(k) for k in me} != me:
-            if previous.get("host") == me["host"] and _alive(int(previous["pid"])):
+            if previous.get("host") == me["host"] and _alive(previous):
                 os.close(fd)
                 raise WorkdirBusyError(
                     f"workdir {self.workdir} is in use by {_describe(previous)} (its lock file "
                     "is not locked: does this filesystem support flock?); wait for that run to "
-                    "end or use another --workdir"
+                    f"end or use another --workdir; if that process is not a run of this "
+                    f"workdir, remove {self.path}"
                 )
             logging.warning(
                 "workdir %s: taking over the lock of %s, which is no longer running",
                 self.workdir, _describe(previous),
             )  # fmt: skip
         os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps({**me, "started": time.time()}).encode(), 0)
+        record = {**me, "pid_start": _start_time(me["pid"]), "started": time.time()}
+        os.pwrite(fd, json.dumps(record).encode(), 0)
         os.fsync(fd)
         self._fd = fd
 

@@ -69,6 +69,31 @@ def test_a_live_holder_on_this_host_is_refused_even_where_flock_is_not_enforced(
         sleeper.wait()
 
 
+def test_a_reused_pid_is_told_apart_by_its_start_time(tmp_path, caplog):
+    """Where flock is not enforced, a recorded holder whose pid now belongs to another process
+    (it started at another time) is not the holder: its lock is taken over, with a log line;
+    with the right start time the same record refuses and says what to remove."""
+    from resflax.train.lock import _start_time
+
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        started = _start_time(sleeper.pid)
+        assert isinstance(started, int)
+        record = {"pid": sleeper.pid, "host": socket.gethostname(), "started": time.time()}
+        (tmp_path / LOCK_FILE).write_text(json.dumps({**record, "pid_start": started}))
+        with pytest.raises(WorkdirBusyError, match=f"remove {tmp_path / LOCK_FILE}"):
+            WorkdirLock(tmp_path).acquire()
+        (tmp_path / LOCK_FILE).write_text(json.dumps({**record, "pid_start": started - 1}))
+        with caplog.at_level("WARNING"), WorkdirLock(tmp_path):
+            mine = json.loads((tmp_path / LOCK_FILE).read_text())
+            assert mine["pid"] == os.getpid() and mine["pid_start"] == _start_time(os.getpid())
+        assert any(f"taking over the lock of pid {sleeper.pid}" in r.getMessage()
+                   for r in caplog.records)  # fmt: skip
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
 def test_workdir_that_is_a_file_is_refused(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(NotADirectoryError, match="is a file"):
