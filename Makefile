@@ -36,7 +36,7 @@ SRC   ?=
 # make test TESTS="tests/models tests/train/test_step.py" runs a part of the suite.
 TESTS ?=
 
-.PHONY: install install-convert install-dali train data-fashion-mnist finetune sweep test test-newest test-latest test-core lint zoo bench bench-step bench-memory bench-products \
+.PHONY: install install-convert install-dali train data-fashion-mnist finetune sweep test test-fast test-newest test-latest test-core lint zoo bench bench-step bench-memory bench-products \
 	bench-loop bench-compile bench-input bench-population clean
 
 install: $(SETUP)
@@ -98,6 +98,11 @@ sweep: $(SETUP)
 
 test: $(SETUP)
 	XLA_FLAGS="$(XLA_TEST_FLAGS)" $(PY) -m pytest -q -n 2 --durations=10 $(TESTS)
+
+# A contributor's loop: the suite without the tests marked `slow` (`make test` and .ci/run stay
+# complete).
+test-fast: $(SETUP)
+	XLA_FLAGS="$(XLA_TEST_FLAGS)" $(PY) -m pytest -q -n 2 -m "not slow" $(TESTS)
 
 # The core of the suite on the newest Python 3.12+ found (.ci/newest-python) with the newest
 # jax the ranges admit, in its own environment (.ci/run runs it after the full suite): the
