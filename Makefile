@@ -47,8 +47,9 @@ install: $(SETUP)
 # two versions agree).
 $(STAMP): pyproject.toml $(wildcard $(LOCK))
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip $$(.ci/lock-args $(PY) "$(LOCK)")
-	$(PY) -m pip install --quiet $$(.ci/lock-args $(PY) "$(LOCK)") -e '.[train,test]'
+	lock=$$(.ci/lock-args $(PY) "$(LOCK)") || exit 1; \
+	PIP_CONSTRAINT="$$lock" $(PY) -m pip install --quiet --upgrade pip && \
+	PIP_CONSTRAINT="$$lock" $(PY) -m pip install --quiet -e '.[train,test]'
 	touch $(STAMP)
 
 $(KERNELS): resflax/kernels/onednn_conv.cc resflax/kernels/build.py $(STAMP)
@@ -59,7 +60,8 @@ $(KERNELS): resflax/kernels/onednn_conv.cc resflax/kernels/build.py $(STAMP)
 install-convert: $(VENV)/.installed-convert
 
 $(VENV)/.installed-convert: $(SETUP)
-	$(PY) -m pip install --quiet $$(.ci/lock-args $(PY) "$(LOCK)") -e '.[train,test,convert]'
+	lock=$$(.ci/lock-args $(PY) "$(LOCK)") || exit 1; \
+	PIP_CONSTRAINT="$$lock" $(PY) -m pip install --quiet -e '.[train,test,convert]'
 	touch $@
 
 # NVIDIA DALI for data.pipeline=dali (about 700 MB with its codecs): the build for the CUDA of
@@ -70,20 +72,23 @@ install-dali: $(VENV)/.installed-dali
 $(VENV)/.installed-dali: $(SETUP)
 	@extra=$$($(PY) -c "import importlib.util as u; print('dali-cuda12' if u.find_spec('jax_cuda12_plugin') else 'dali')"); \
 	echo "make install-dali: resflax[$$extra]"; \
-	$(PY) -m pip install --quiet $$(.ci/lock-args $(PY) "$(LOCK)") -e ".[train,test,$$extra]"
+	lock=$$(.ci/lock-args $(PY) "$(LOCK)") || exit 1; \
+	PIP_CONSTRAINT="$$lock" $(PY) -m pip install --quiet -e ".[train,test,$$extra]"
 	touch $@
 
 train: $(SETUP)
 	$(PY) -m resflax.main --config=$(CONFIG) --workdir=$(WORKDIR) $(FLAGS)
 
 # Fashion-MNIST's four IDX files (30 MB) where the fashion_mnist recipe looks by default:
-# Debian's dataset-fashion-mnist, through apt where this is Debian and we are root.
-FMNIST_DIR := /usr/share/datasets/fashion-mnist
+# Debian's dataset-fashion-mnist, through apt as root (or sudo without a password).
+FMNIST_DIR   := /usr/share/datasets/fashion-mnist
+FMNIST_FILES := $(foreach f,train-images-idx3 train-labels-idx1 t10k-images-idx3 t10k-labels-idx1,$(FMNIST_DIR)/$(f)-ubyte.gz)
 data-fashion-mnist:
-	@if [ -f $(FMNIST_DIR)/t10k-labels-idx1-ubyte.gz ]; then echo "make data-fashion-mnist: in $(FMNIST_DIR)"; \
-	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
-	  { apt-get install -y -q dataset-fashion-mnist || { apt-get update -q && apt-get install -y -q dataset-fashion-mnist; }; } >/dev/null \
-	  && echo "make data-fashion-mnist: installed dataset-fashion-mnist into $(FMNIST_DIR)"; \
+	@if ls $(FMNIST_FILES) >/dev/null 2>&1; then echo "make data-fashion-mnist: in $(FMNIST_DIR)"; exit 0; fi; \
+	as=""; [ "$$(id -u)" = 0 ] || as="sudo -n"; \
+	if command -v apt-get >/dev/null && { [ -z "$$as" ] || sudo -n true 2>/dev/null; }; then \
+	  { $$as apt-get install -y -q dataset-fashion-mnist || { $$as apt-get update -q && $$as apt-get install -y -q dataset-fashion-mnist; }; } >/dev/null \
+	  && ls $(FMNIST_FILES) >/dev/null && echo "make data-fashion-mnist: installed dataset-fashion-mnist into $(FMNIST_DIR)"; \
 	else echo "make data-fashion-mnist: no apt-get as root here: download the four IDX files from https://github.com/zalandoresearch/fashion-mnist (data/fashion) and pass --config.data.folder=<their folder>"; exit 1; fi
 
 finetune: $(SETUP)
@@ -111,7 +116,8 @@ test-fast: $(SETUP)
 NEWEST_VENV  ?= .venv-newest
 NEWEST_TESTS := tests/models tests/ops tests/kernels tests/runtime tests/test_imports.py \
 	tests/test_nnx.py tests/train/test_step.py tests/train/test_parallel.py \
-	tests/train/test_checkpoint.py tests/test_main.py::test_default_run_reaches_the_accuracy_bar
+	tests/train/test_checkpoint.py tests/test_deprecations.py \
+	tests/test_main.py::test_default_run_reaches_the_accuracy_bar
 
 test-newest:
 	@py="$$(.ci/newest-python)"; \
@@ -138,7 +144,8 @@ test-latest:
 # example there (tests/test_packaging.py). About 2 minutes, so not part of `make test`;
 # .ci/run runs it.
 test-core: $(SETUP)
-	RESFLAX_TEST_CORE_INSTALL=1 RESFLAX_CORE_LOCK=.ci/locks/core.txt XLA_FLAGS="$(XLA_TEST_FLAGS)" $(PY) -m pytest -q -rs --durations=3 \
+	lock=$$(.ci/lock-args $(PY) .ci/locks/core.txt) || exit 1; \
+	RESFLAX_TEST_CORE_INSTALL=1 RESFLAX_CORE_LOCK="$$lock" XLA_FLAGS="$(XLA_TEST_FLAGS)" $(PY) -m pytest -q -rs --durations=3 \
 	  tests/test_packaging.py::test_the_core_install_is_enough_for_the_models
 
 lint: $(SETUP)

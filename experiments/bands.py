@@ -19,9 +19,11 @@ def epoch_bands(lines: list[dict[str, Any]], steps_per_epoch: float) -> dict[str
     is the sample std (ddof 1) over the members present; NaN where fewer than two."""
     per_member: dict[str, dict[int, dict[int, list[float]]]] = {"eval": {}, "train": {}}
     for x in lines:
-        if "member" not in x or x.get("split") not in per_member:
+        key = "top1" if x.get("split") == "eval" else "loss"
+        # A member's "stopped" row carries no metric; strict JSON writes a non-finite one null.
+        if "member" not in x or x.get("split") not in per_member or x.get(key) is None:
             continue
-        value = x["top1"] if x["split"] == "eval" else x["loss"]
+        value = x[key]
         epoch = max(1, math.ceil(x["step"] / steps_per_epoch - 1e-9))
         per_member[x["split"]].setdefault(epoch, {}).setdefault(x["member"], []).append(value)
     epochs = sorted(set(per_member["eval"]) | set(per_member["train"]))

@@ -159,6 +159,8 @@ def mean_lines(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return lines
     groups: dict[tuple[int, str], list[float]] = {}
     for x in lines:
+        if x.get("top1") is None:  # a stopped member's row, or a non-finite value
+            continue
         groups.setdefault((x["step"], x["split"]), []).append(x["top1"])
     return [{"step": s, "split": sp, "top1": sum(v) / len(v)} for (s, sp), v in groups.items()]
 
@@ -200,7 +202,7 @@ def collect(sweep: dict[str, Any], runs: Path, out: Path) -> str:
             points.append((int(depth), final["mean"], ref, final["std"]))
         curves.append((name, mean_lines(result["lines"])))
         if s.get("population"):
-            bands.append((name, epoch_bands(result["lines"], s["total_steps"] / s["epochs"])))
+            bands.append((name, epoch_bands(result["lines"], s["steps_per_epoch"])))
 
     source = sweep.get("paper_source", "")
     counts = {

@@ -19,6 +19,7 @@ bad input fails within seconds and prints nothing else.
 from __future__ import annotations
 
 import logging as std_logging
+import os
 import signal
 import sys
 from typing import Any
@@ -26,20 +27,26 @@ from typing import Any
 from resflax import extras
 
 
-def _stopped_during_startup(signum: int, frame: Any) -> None:
-    """SIGTERM or SIGINT before the training loop takes them over (to save the current step
-    and exit 0): there is nothing to save yet. One line, and the shell's status for the signal
-    (128 + its number); SystemExit unwinds, so a workdir lock taken so far is released."""
+def _stopped_outside_the_steps(signum: int, frame: Any) -> None:
+    """SIGTERM or SIGINT while the training loop does not hold them (it saves the current step
+    and exits 0): during start-up, or while a finished run writes its summary. Nothing more is
+    saved: one line, and the shell's status for the signal (128 + its number).
+
+    The process ends here and now (os._exit): an exception raised from a signal handler can
+    surface inside library code that catches it and carries on (a test saw a run ignore its
+    SIGINT that way). Nothing is lost: no save is under way outside the steps, and the kernel
+    drops the workdir's flock with the process (the next run logs that it took the lock over)."""
     del frame
     name = signal.Signals(signum).name
-    print(f"resflax: error: stopped by {name} during start-up, before the first step: nothing "
-          "to save, nothing in the workdir changed", file=sys.stderr, flush=True)  # fmt: skip
-    raise SystemExit(128 + signum)
+    print(f"resflax: error: stopped by {name} outside the training steps (start-up or "
+          "summary): nothing more was saved; the newest checkpoint, if any, is intact",
+          file=sys.stderr, flush=True)  # fmt: skip
+    os._exit(128 + signum)
 
 
 if __name__ == "__main__":
     for _signal in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(_signal, _stopped_during_startup)
+        signal.signal(_signal, _stopped_outside_the_steps)
 
 # Before absl and ml_collections, which the train extra installs: without it, one line naming
 # the extra (exit status 1) rather than a traceback.
@@ -145,8 +152,8 @@ def main(argv: list[str]) -> None:
         summary = _train(argv, _WORKDIR.value)
     except KeyboardInterrupt:  # a second Ctrl-C while the first one's save was under way
         cli.fail(
-            f"interrupted (SIGINT) twice: the save was cut short; the newest complete "
-            f"checkpoint in {_WORKDIR.value} is intact (run again to resume)",
+            f"interrupted (SIGINT) twice: the save under way may not have completed; the "
+            f"newest complete checkpoint in {_WORKDIR.value} is intact (run again to resume)",
             status=130,
         )
     except Exception as e:  # every failure is one line (RESFLAX_DEBUG re-raises)

@@ -6,8 +6,6 @@ import json
 import jax
 import orbax.checkpoint as ocp
 
-from resflax.runtime.platform import single_device_sharding
-
 TIMING = {"steps_per_sec", "images_per_sec"}
 
 
@@ -16,7 +14,7 @@ def saved_state(workdir, step):
     and processes wrote them."""
     path = workdir / "checkpoints" / str(step) / "state"
     checkpointer = ocp.StandardCheckpointer()
-    device = single_device_sharding(jax.devices()[0])
+    device = jax.sharding.make_single_device_sharding(jax.devices()[0])
     target = jax.tree.map(
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
         checkpointer.metadata(path).item_metadata,

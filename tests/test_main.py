@@ -278,7 +278,7 @@ def test_a_signal_during_start_up_is_one_line_and_the_shells_status(tmp_path, si
         process.kill()
     assert process.returncode == 128 + signum, output()[-3000:]
     assert output().strip().splitlines() == [
-        f"resflax: error: stopped by {signum.name} during start-up, before the first step: "
-        "nothing to save, nothing in the workdir changed"
+        f"resflax: error: stopped by {signum.name} outside the training steps (start-up or "
+        "summary): nothing more was saved; the newest checkpoint, if any, is intact"
     ]
     assert {p.name for p in workdir.iterdir()} <= {"resflax.lock"}  # no checkpoint, no metrics

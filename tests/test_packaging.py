@@ -201,7 +201,7 @@ def _core_venv(tmp: Path) -> tuple[Path, dict[str, float]]:
     _check_wheel(wheel, (tmp / "wheel.log").read_text())
     # `make test-core` installs the locked versions (.ci/locks/core.txt); run alone, the ranges.
     lock = os.environ.get("RESFLAX_CORE_LOCK")
-    constrain = ["-c", ROOT / lock] if lock else []
+    constrain = ["-c", lock] if lock else []
     install = [python, "-m", "pip", "install", *constrain, wheel]
     times["install"] = _run(install, tmp / "install.log")
     return python, times

@@ -107,7 +107,7 @@ def _population_member(workdir, depth, top1s):
     summary = {
         "status": "finished", "model": f"resnet{depth}", "num_params": 1000,
         "num_classes": 10, "image_shape": [8, 8, 1], "train_seconds": 10.0,
-        "total_steps": 20, "epochs": 2.0,
+        "total_steps": 20, "epochs": 2.0, "steps_per_epoch": 10,
         "final_eval": {"top1": stats["top1"]["mean"], "num_examples": 359},
         "best_eval": {"top1": max(top1s) + 0.01},
         "population": {"size": len(top1s), "members": rows, "final_eval": stats,
@@ -118,6 +118,9 @@ def _population_member(workdir, depth, top1s):
         {"step": s, "split": sp, "member": k, "top1": t, "loss": 1 - t}
         for s in (10, 20) for sp in ("train", "eval") for k, t in enumerate(top1s)
     ]  # fmt: skip
+    # A member that stopped leaves one row without metrics (population_loop): skipped by both.
+    lines.append({"step": 15, "split": "train", "member": len(top1s), "status": "stopped",
+                  "reason": "non-finite loss or state"})  # fmt: skip
     (workdir / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     (workdir / "config.json").write_text(json.dumps({"model": {"name": f"resnet{depth}"}}))
 

@@ -14,6 +14,7 @@ and test).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -58,8 +59,8 @@ def augmentation(data: Any) -> Augment:
         raise ValueError(f"data.augment={name!r} is not one of {tuple(AUGMENTS)}")
     crop, flip = AUGMENTS[name]
     pad = data.get("pad", 4)
-    if pad < 0:
-        raise ValueError(f"data.pad={pad} must be >= 0")
+    if isinstance(pad, bool) or not isinstance(pad, int) or pad < 0:
+        raise ValueError(f"data.pad={pad!r} must be an integer >= 0 (pixels)")
     erasing = data.get("random_erasing", 0.0)
     if not 0 <= erasing <= 1:
         raise ValueError(f"data.random_erasing={erasing} must be a probability in [0, 1]")
@@ -82,9 +83,12 @@ def check_config(data: Any) -> None:
                 )
     for key, low in (("mean", 0), ("std", 1e-12)):
         value = data.get(key)
-        if value is not None and (len(value) != 1 or value[0] < low):
+        bad = value is not None and (
+            len(value) != 1 or not math.isfinite(value[0]) or value[0] < low
+        )
+        if bad:
             raise ValueError(
-                f"data.{key}={value}: {data.name} images are grey: one value, in 0..255 units"
+                f"data.{key}={value}: {data.name} images are grey: one finite value (0..255 units)"
                 + (", positive" if key == "std" else "")
             )
     augmentation(data)

@@ -6,7 +6,6 @@ import importlib.metadata
 import importlib.util
 import os
 import pkgutil
-from typing import Any
 
 
 def accelerator_plugins() -> list[str]:
@@ -44,18 +43,3 @@ def backends_started() -> bool:
     from jax._src import xla_bridge
 
     return xla_bridge.backends_are_initialized()
-
-
-def single_device_sharding(device: Any) -> Any:
-    """A sharding that places a whole array on `device`.
-
-    jax 0.12.1 deprecates constructing `jax.sharding.SingleDeviceSharding` directly in favour
-    of `jax.sharding.make_single_device_sharding`, which older releases (0.10.2) lack: chosen by
-    feature, not by version. tests/runtime/test_platform.py pins that this warns nowhere.
-    """
-    import jax
-
-    make = getattr(jax.sharding, "make_single_device_sharding", None)
-    if make is not None:
-        return make(device)
-    return jax.sharding.SingleDeviceSharding(device)

@@ -171,7 +171,8 @@ class Session:
                     if do_save:
                         self._save()
                     if self.preempted:
-                        logging.info("SIGTERM: saved step %d; exiting to resume later", self.step)
+                        logging.info("stop requested: saved step %d; exiting to resume later",
+                                     self.step)  # fmt: skip
                         break
                 run.checkpointer.wait()  # still under the handler: a SIGTERM cannot cut the save
         finally:
@@ -266,7 +267,8 @@ def summarise(run: Run, session: Session) -> dict[str, Any]:
         "status": status, "model": config.model.name, "num_params": run.num_params,
         "data": data.name, "image_shape": list(data.image_shape),
         "num_classes": data.num_classes, "step": step, "total_steps": run.steps.total,
-        "epochs": step / data.steps_per_epoch, "batch_size": config.batch_size,
+        "epochs": step / data.steps_per_epoch, "steps_per_epoch": data.steps_per_epoch,
+        "batch_size": config.batch_size,
         "devices": run.parallel.num_devices, "parallel": config.parallel, "dtype": config.dtype,
         "execution": execution(run),
         "final_eval": last_eval, "best_eval": run.loop["best"],

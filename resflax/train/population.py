@@ -16,6 +16,8 @@ when every member has stopped. docs/populations.md has the user's view.
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -77,8 +79,8 @@ def _check_values(name: str, values: tuple[Any, ...]) -> None:
     for value in values:
         # What the command line could not parse arrives as a string ('(0.1,abc)' is one);
         # 1e400 arrives as inf. Each is named here, before the count is compared.
-        number = isinstance(value, int | float) and not isinstance(value, bool)
-        if not number or not np.isfinite(value):
+        number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        if not number or not math.isfinite(value):
             raise ValueError(
                 f"population.{name}={values}: {value!r} is not a finite number; give a tuple "
                 f"of numbers, one per member, e.g. --config.population.{name}='(0.1, 0.2)'"

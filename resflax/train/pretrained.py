@@ -12,8 +12,6 @@ import jax
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from resflax.runtime.platform import single_device_sharding
-
 HEAD = ("head", "fc")
 
 
@@ -41,7 +39,8 @@ def load(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
         )
     meta = json.loads((root / "meta.json").read_text())
     checkpointer = ocp.StandardCheckpointer()
-    device = single_device_sharding(jax.local_devices()[0])
+    # Not the SingleDeviceSharding constructor, which jax 0.12.1 deprecates.
+    device = jax.sharding.make_single_device_sharding(jax.local_devices()[0])
     target = jax.tree.map(
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
         checkpointer.metadata(root / "variables").item_metadata,

@@ -317,7 +317,7 @@ def test_the_source_trains_normalised_and_evaluates_every_example_once(tmp_path)
         (dict(augment="cutout"), "data.augment='cutout' is not one of"),
         (dict(reader="hdf5"), "data.reader='hdf5' is not one of"),
         (dict(train_split="train[:90%]"), "data.reader='tfds'"),
-        (dict(mean=(1.0, 2.0, 3.0)), "grey: one value"),
+        (dict(mean=(1.0, 2.0, 3.0)), "grey: one finite value"),
         (dict(random_erasing=2.0), "random_erasing=2.0"),
     ],
 )

@@ -24,7 +24,8 @@ fi
 k=${1:-8}
 limit=${2:-480}
 out=${OUT:-/tmp}
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site \
+  .whl/ml_collections-*.whl || exit 1
 export PYTHONPATH=$PWD:/tmp/site PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 workdir=.fmnist-run
@@ -32,7 +33,7 @@ start=$SECONDS
 timeout --signal=TERM --kill-after=60 "$limit" python3 -m resflax.main \
   --config=experiments/configs/fashion_mnist.py:resnet20,paper --workdir="$workdir" \
   --config.data.folder=.fmnist --config.population.size="$k" --config.population.batching=vmap \
-  --config.max_to_keep=1 --config.eval_every_steps=2340 --config.checkpoint_every_steps=2340 \
+  --config.max_to_keep=1 --config.checkpoint_every_steps=2340 \
   2>&1 | tee "$out/fashion_mnist_gpu.log"
 echo "fashion_mnist.sh: exit ${PIPESTATUS[0]} after $((SECONDS - start)) s (K=$k, limit $limit s)"
 cp -r "$workdir" "$out/fmnist_run"
