@@ -202,7 +202,9 @@ def collect(sweep: dict[str, Any], runs: Path, out: Path) -> str:
             points.append((int(depth), final["mean"], ref, final["std"]))
         curves.append((name, mean_lines(result["lines"])))
         if s.get("population"):
-            bands.append((name, epoch_bands(result["lines"], s["steps_per_epoch"])))
+            # Summaries written before steps_per_epoch was recorded: a finished run's ratio.
+            per_epoch = s.get("steps_per_epoch") or s["step"] / s["epochs"]
+            bands.append((name, epoch_bands(result["lines"], per_epoch)))
 
     source = sweep.get("paper_source", "")
     counts = {
