@@ -62,7 +62,7 @@ def plot_bands(curves: list[tuple[str, dict[str, np.ndarray]]], path: Path) -> N
     loss.set_yscale("log")
     finals = [b["test_mean"][-1] * 100 for _, b in curves if len(b["test_mean"])]
     if finals:  # the last epochs are what the table reports: zoom onto them
-        acc.set_ylim(min(finals) - 6, min(100, max(finals) + 1.5))
+        acc.set_ylim(max(0, min(finals) - 15), min(100, max(finals) + 1.5))
     for ax in (acc, loss):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
