@@ -16,6 +16,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from resflax.train import integrity, tree_layout
+from resflax.train.integrity import CheckpointDamage, verify_arrays, verify_records
 from resflax.train.state import TrainState
 from resflax.train.tree_layout import LayoutMismatch
 
@@ -27,41 +28,11 @@ class FingerprintError(ValueError):
     """The workdir holds checkpoints of another model."""
 
 
-class CheckpointDamage(ValueError):
-    """A checkpoint step that is incomplete, unreadable or fails its checksums."""
-
-
 def _brief(error: BaseException) -> str:
     """An exception as a short phrase (library messages can run to pages)."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     text = lines[0] if lines else ""
     return f"{type(error).__name__}: {text[:160]}"
-
-
-def _verify_records(meta: dict[str, Any], position: dict[str, Any]) -> dict[str, Any] | None:
-    """The step's checksum record, after checking the model record and the data position
-    against it: raises `CheckpointDamage` on any difference, so that a flipped bit in the model
-    record is damage, never "another model". None for steps written before checksums existed
-    (they pass on reading back alone)."""
-    if "integrity" not in position:
-        return None
-    record = position["integrity"]
-    rest = {k: v for k, v in position.items() if k != "integrity"}
-    if not isinstance(record, dict) or integrity.json_digest(rest) != record.get("data"):
-        raise CheckpointDamage("its data position differs from its checksum")
-    if integrity.json_digest(meta) != record.get("meta"):
-        raise CheckpointDamage("its model record differs from its checksum")
-    return record
-
-
-def _verify(arrays: dict[str, Any], record: dict[str, Any] | None) -> None:
-    """Raises `CheckpointDamage` unless the restored arrays match the checksums saved with them."""
-    if record is None:
-        return
-    bad = integrity.mismatches(record.get("arrays", {}), integrity.array_checksums(arrays))
-    if bad:
-        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
-        raise CheckpointDamage(f"array checksum mismatch in {', '.join(bad[:3])}{more}")
 
 
 def _leaves(state: TrainState) -> dict[str, Any]:
@@ -173,7 +144,7 @@ class Checkpointer:
             meta, position = dict(saved["meta"]), dict(saved["data"])
         except Exception as e:  # whatever orbax or the JSON parser says
             raise CheckpointDamage(f"its records are unreadable ({_brief(e)})") from e
-        record = _verify_records(meta, position)
+        record = verify_records(meta, position)
         position.pop("integrity", None)
         return meta, position, record
 
@@ -249,7 +220,7 @@ class Checkpointer:
             arrays = dict(saved["state"])
         except Exception as e:  # TensorStore, zstd or pytree errors
             raise CheckpointDamage(f"it does not read back ({_brief(e)})") from e
-        _verify(arrays, record)  # against the checksums of the tree as it was saved
+        verify_arrays(arrays, record)  # against the checksums of the tree as it was saved
         if legacy:
             arrays = tree_layout.drop_legacy_slot(arrays)
         key = jax.random.wrap_key_data(arrays.pop("key"), impl=_key_impl(target.key))

@@ -68,3 +68,33 @@ def json_digest(value: Any) -> str:
 def mismatches(saved: dict[str, str], actual: dict[str, str]) -> list[str]:
     """The names of what differs between two checksum tables (missing or extra included)."""
     return sorted(k for k in saved.keys() | actual.keys() if saved.get(k) != actual.get(k))
+
+
+class CheckpointDamage(ValueError):
+    """A checkpoint step that is incomplete, unreadable or fails its checksums."""
+
+
+def verify_records(meta: dict[str, Any], position: dict[str, Any]) -> dict[str, Any] | None:
+    """The step's checksum record, after checking the model record and the data position
+    against it: raises `CheckpointDamage` on any difference, so that a flipped bit in the model
+    record is damage, never "another model". None for steps written before checksums existed
+    (they pass on reading back alone)."""
+    if "integrity" not in position:
+        return None
+    record = position["integrity"]
+    rest = {k: v for k, v in position.items() if k != "integrity"}
+    if not isinstance(record, dict) or json_digest(rest) != record.get("data"):
+        raise CheckpointDamage("its data position differs from its checksum")
+    if json_digest(meta) != record.get("meta"):
+        raise CheckpointDamage("its model record differs from its checksum")
+    return record
+
+
+def verify_arrays(arrays: dict[str, Any], record: dict[str, Any] | None) -> None:
+    """Raises `CheckpointDamage` unless the restored arrays match the checksums saved with them."""
+    if record is None:
+        return
+    bad = mismatches(record.get("arrays", {}), array_checksums(arrays))
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise CheckpointDamage(f"array checksum mismatch in {', '.join(bad[:3])}{more}")

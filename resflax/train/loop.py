@@ -14,8 +14,6 @@ from __future__ import annotations
 import copy
 import functools
 import hashlib
-import signal
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,56 +31,12 @@ from resflax.train import resume
 from resflax.train import step as step_lib
 from resflax.train.lock import WorkdirLock
 from resflax.train.setup import Run, execution, setup
+from resflax.train.signals import Preemption
 from resflax.train.writers import MetricWriter, Progress, strict_json
 
 
 class NonFiniteLossError(RuntimeError):
     """Training diverged; the message names the first bad step."""
-
-
-SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-
-class _Preemption:
-    """Turns SIGTERM and SIGINT (Ctrl-C) alike into a flag the loop checks between steps: the
-    run saves the current step and exits 0, resumable (installed only where Python allows
-    handlers: the main thread). A second SIGINT while that save is under way interrupts it
-    (the previous checkpoint stays intact). With several processes JAX's preemption service
-    owns SIGTERM instead, and orbax's `reached_preemption` tells every process to stop at the
-    same step."""
-
-    def __init__(self, manager: Any = None) -> None:
-        self.requested = False
-        self._previous: Any = None
-        self._manager = manager if jax.process_count() > 1 else None
-
-    def reached(self, step: int) -> bool:
-        if self._manager is not None:
-            return bool(self._manager.reached_preemption(step))
-        return self.requested
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        del frame
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # asked twice: stop now
-        self.requested = True
-        logging.warning(
-            "%s received: saving the current step, then exiting (run again to resume)",
-            signal.Signals(signum).name,
-        )
-
-    def __enter__(self) -> _Preemption:
-        if threading.current_thread() is not threading.main_thread():
-            return self
-        # Several processes: JAX's preemption service owns SIGTERM, and a Ctrl-C reaches one
-        # process only, which cannot save alone: it ends that process (main.py says so).
-        signals = () if self._manager is not None else SIGNALS
-        self._previous = {s: signal.signal(s, self._handle) for s in signals}
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for signum, previous in (self._previous or {}).items():
-            signal.signal(signum, previous)
 
 
 @jax.jit
@@ -153,7 +107,7 @@ class Session:
         run, config = self.run, self.run.config
         end = min(run.steps.total, config.stop_at_step or run.steps.total)
         try:
-            with _Preemption(run.checkpointer.manager) as preemption:
+            with Preemption(run.checkpointer.manager) as preemption:
                 while self.step < end:
                     self._one_step()
                     self.preempted = preemption.reached(self.step)
